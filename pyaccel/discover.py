@@ -552,7 +552,9 @@ def _dax_devices(root: Path) -> Iterator[DaxDevice]:
         align = _read_int(p / "align")
         if align is None:
             # Kernels before 5.10 expose the alignment on the region only.
-            align = _read_int(p / "dax_region" / "align") or _read_int(p.parent / "dax_region" / "align")
+            # p is usually a symlink (bus/dax/devices/daxX.Y): the region is beside the real directory.
+            real = Path(os.path.realpath(p))
+            align = _read_int(real / "dax_region" / "align") or _read_int(real.parent / "dax_region" / "align")
         yield DaxDevice(
             kind="devdax",
             path=d.devnode,
