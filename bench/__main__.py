@@ -14,6 +14,7 @@ import traceback
 from bench import BenchContext, Figure
 
 PLUGIN_MODULE = "bench.pyaccel_figures"
+PLUGIN_ENV = "PYACCEL_BENCH_PLUGIN"
 PLUGIN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyaccel_figures.py")
 
 QUICK_SIZE = 0.01
@@ -87,11 +88,23 @@ def _split_only(only: str | None, parser_error):
 
 
 def load_plugin(log) -> tuple[object | None, str]:
-    """Import bench/pyaccel_figures.py if present. Returns (module or None, reason)."""
-    if not os.path.exists(PLUGIN_FILE):
-        return None, "bench/pyaccel_figures.py missing"
+    """Import bench/pyaccel_figures.py if present. Returns (module or None, reason).
+
+    ``$PYACCEL_BENCH_PLUGIN=/path/to/file.py`` loads that file instead (tests use it
+    to exercise the contract with a fake plug-in)."""
+    override = os.environ.get(PLUGIN_ENV)
+    path = override or PLUGIN_FILE
+    if not os.path.exists(path):
+        return None, f"{override or 'bench/pyaccel_figures.py'} missing"
     try:
-        mod = importlib.import_module(PLUGIN_MODULE)
+        if override:
+            import importlib.util
+
+            spec = importlib.util.spec_from_file_location("pyaccel_figures_override", override)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(PLUGIN_MODULE)
     except Exception as e:  # noqa: BLE001 - e.g. pyaccel not built
         log(traceback.format_exc())
         return None, f"import failed: {type(e).__name__}: {e}"

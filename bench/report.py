@@ -203,7 +203,7 @@ def machine_info(workdir: str) -> dict:
 
 def table(figures: dict[str, Figure], kinds: dict[str, str]) -> tuple[str, dict[str, dict]]:
     """The text table and each figure's evaluation, by key."""
-    rows = [("figure", "value", "unit", "baseline", "baseline value", "ratio", "target", "")]
+    rows = [("figure", "value", "unit", "baseline", "baseline value", "ratio", "target", "status")]
     evals: dict[str, dict] = {}
     notes: list[str] = []
     for key, fig in figures.items():
@@ -293,27 +293,27 @@ def _panel_of(fig: Figure) -> str | None:
 
 def _side_by_side(items: list) -> list:
     """Baselines grouped by model (in run order); each pyaccel bar right after the
-    baseline it is compared to, or after its model's bars when that is not here."""
-    order = []
+    baseline it is compared to (after earlier pyaccel bars on that baseline), or at
+    the end of its model's bars when its baseline is not in this panel.
+    Items are (model, is_pyaccel, name, value, key, baseline_key)."""
+    models = []
     for t in items:
-        if not t[1] and t[0] not in order:
-            order.append(t[0])
-    for t in items:
-        if t[0] not in order:
-            order.append(t[0])
+        if t[0] not in models:
+            models.append(t[0])
     out = []
-    for model in order:
-        out.extend(t for t in items if t[0] == model and not t[1])
-    for t in (t for t in items if t[1]):
-        pos = None
-        for i, o in enumerate(out):
-            if o[4] == t[5] or (pos is not None and o[1] and o[5] == t[5]):
-                pos = i + 1
+    for m in models:
+        out.extend(t for t in items if t[0] == m and not t[1])
+    for t in items:
+        if not t[1]:
+            continue
+        pos = next((i + 1 for i, o in enumerate(out) if not o[1] and o[4] == t[5]), None)
         if pos is None:
-            for i, o in enumerate(out):
-                if o[0] == t[0]:
-                    pos = i + 1
-        out.insert(len(out) if pos is None else pos, t)
+            same = [i + 1 for i, o in enumerate(out) if o[0] == t[0]]
+            pos = same[-1] if same else len(out)
+        else:
+            while pos < len(out) and out[pos][1]:
+                pos += 1
+        out.insert(pos, t)
     return out
 
 
