@@ -20,6 +20,7 @@ from bench import Figure, measure, models, report  # noqa: E402
 HOT_GBPS = ["memcpy", "read_hot", "numpy_fromfile_hot"]
 HOT_S = ["onnx_load_hot", "safetensors_load_hot", "ort_session_prepack", "ort_session_noprepack"]
 RSS = [n + ".peak_rss" for n in ["numpy_fromfile_hot"] + HOT_S]
+HOT_S += ["ort_first_result_prepack", "ort_first_result_noprepack"]
 LAT = ["ort_infer_b1_prepack", "ort_infer_b8_prepack", "ort_infer_b1_noprepack",
        "ort_infer_b8_noprepack"]
 COLD = ["read_cold", "odirect_cold"]
