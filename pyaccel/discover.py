@@ -985,6 +985,9 @@ def default_pool(
             skipped=skipped,
         )
     tmpfs = next((d for d in devs if d.kind == "tmpfs"), None)
+    reason = "no device-DAX, hugetlbfs, fsdax or memory-backed block device is usable: tmpfs emulation"
+    if os.path.exists(FALLBACK_POOL) and not os.access(FALLBACK_POOL, os.R_OK | os.W_OK):
+        reason += f" (but {FALLBACK_POOL} exists and this user may not read and write it)"
     return PoolChoice(
         path=FALLBACK_POOL,
         kind="tmpfs",
@@ -993,14 +996,21 @@ def default_pool(
         size=cfg.size,
         partitions=dict(cfg.partitions),
         device=tmpfs,
-        reason="no device-DAX, hugetlbfs, fsdax or memory-backed block device is usable: tmpfs emulation",
+        reason=reason,
         skipped=skipped,
     )
 
 
-def default_pool_path(**kwargs: object) -> str:
-    """Return :attr:`PoolChoice.path` of :func:`default_pool` (same keyword arguments).
+def default_pool_path(
+    devs: Sequence[Device] | None = None,
+    *,
+    config: _config.Config | None = None,
+    sysfs_root: str | os.PathLike[str] | None = None,
+    mountinfo: str | os.PathLike[str] | None = None,
+) -> str:
+    """Return :attr:`PoolChoice.path` of :func:`default_pool` (same arguments).
 
-    Check :func:`default_pool`'s ``needs_create`` before writing to a device.
+    Check :attr:`PoolChoice.needs_create` (via :func:`default_pool`) before
+    treating a device path as a ready pool.
     """
-    return default_pool(**kwargs).path  # type: ignore[arg-type]
+    return default_pool(devs, config=config, sysfs_root=sysfs_root, mountinfo=mountinfo).path

@@ -238,7 +238,7 @@ def test_empty_tree(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_default_prefers_usable_devdax(fake: tuple[Path, Path]) -> None:
+def test_default_skips_devdax_without_node_or_mode(fake: tuple[Path, Path]) -> None:
     root, mi = fake
     # /dev/dax0.0 does not exist here: it is skipped with the reason, and so are the others.
     choice = discover.default_pool(config=EMPTY_CONFIG, sysfs_root=root, mountinfo=mi)
