@@ -29,6 +29,7 @@ SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recove
 SAN_OBJS := $(SRCS:driver/src/%.c=$(BUILD)/san/obj/%.o)
 SAN_TESTS := $(CTESTS_SRC:tests/c/%.c=$(BUILD)/san/tests/%)
 
+.SECONDARY:
 .PHONY: all lib ext test test-c test-py sanitize bench lint clean install uninstall
 
 all: lib ext

@@ -182,7 +182,7 @@ evict_one(struct pa_pool *p, uint32_t part, uint64_t self, struct held *h)
 /* place -- allocate every extent of model m, or -ENOSPC */
 static int
 place(struct pa_pool *p, struct mem_model *m, const struct pa_model_desc *d,
-      struct pa_load *l)
+      struct pa_load *l, bool *injected)
 {
 	struct mem_cat *c = &p->cat;
 	uint64_t next = c->next_extent_id;
@@ -217,7 +217,9 @@ place(struct pa_pool *p, struct mem_model *m, const struct pa_model_desc *d,
 		e.part = d->part;
 		e.refcount = 1;
 		rc = pa_fault_hit(PA_FAULT_ALLOC);
-		if (!rc)
+		if (rc)
+			*injected = true;
+		else
 			rc = gaps_take(&g, e.alloc, extent_align(p, len),
 				       &e.offset);
 		if (rc)
@@ -248,8 +250,6 @@ no_space(struct pa_pool *p, const struct pa_model_desc *d, int rc)
 
 	if (rc != -ENOSPC)
 		return rc;
-	if (strstr(pa_errormsg(), "injected"))
-		return rc;
 	for (uint32_t i = 0; i < d->n_tensors; i++)
 		if (d->tensors[i].same_as < 0)
 			need += PA_ALIGN_UP(d->tensors[i].nbytes, PA_PAGE);
@@ -276,7 +276,7 @@ pa_load_begin(struct pa_load **out, struct pa_pool *p,
 	struct held held = {NULL, 0};
 	struct pa_load *l = NULL;
 	struct mem_model m;
-	bool writer = false, leased = false;
+	bool writer = false, leased = false, injected = false;
 	int rc;
 
 	if (!out || !p || !d)
@@ -327,8 +327,8 @@ pa_load_begin(struct pa_load **out, struct pa_pool *p,
 	m.owner_pid = getpid();
 	m.created_ns = pool_now_ns();
 	for (;;) {
-		rc = place(p, &m, d, l);
-		if (rc != -ENOSPC || strstr(pa_errormsg(), "injected"))
+		rc = place(p, &m, d, l, &injected);
+		if (rc != -ENOSPC || injected)
 			break;
 		/* undo this attempt's extents, evict one, try again */
 		for (uint64_t id = p->cat.next_extent_id;; id++) {
@@ -336,21 +336,13 @@ pa_load_begin(struct pa_load **out, struct pa_pool *p,
 				break;
 			cat_extent_remove(&p->cat, id);
 		}
-		for (uint32_t i = 0; i < d->n_tensors; i++) {
-			struct pa_cat_extent *e;
-
-			if (d->tensors[i].same_as < 0)
-				continue;
-			e = cat_extent(&p->cat, m.tensors[i].extent_id);
-			if (e && e->refcount > 1)
-				e->refcount--;
-		}
 		rc = evict_one(p, d->part, l->id, &held);
 		if (rc)
 			break;
 	}
 	if (rc) {
-		rc = no_space(p, d, rc);
+		if (!injected)
+			rc = no_space(p, d, rc);
 		goto undo;
 	}
 	rc = cat_model_append(&p->cat, &m);
