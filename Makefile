@@ -51,7 +51,7 @@ $(ALIB): $(OBJS)
 	ar rcs $@ $(OBJS)
 
 ext: $(SRCS) $(HDRS) pyaccel/_driver.pyx pyaccel/_driver.pxd
-	$(PYTHON) setup.py -q build_ext --inplace
+	$(PYTHON) setup.py -q build_clib build_ext --inplace
 
 # C tests link the static library; exit 77 means skipped.
 $(BUILD)/tests/%: tests/c/%.c tests/c/harness.h $(ALIB)
