@@ -1511,7 +1511,9 @@ class _Scan:
         index = self._ref(p, where, False, desired)
         seq = len(self.pending) + 1
         self.pending[seq] = _Pending(orig, desired, index)
-        return _placeholder(desired, p.dtype, p.dims, _raw_nbytes(p.dtype, p.np_dtype, _numel(p.dims)), seq)
+        # Named as in the file until the edit moves it, so that the names in
+        # use (which hoisted names must avoid) are the file's.
+        return _placeholder(orig, p.dtype, p.dims, _raw_nbytes(p.dtype, p.np_dtype, _numel(p.dims)), seq)
 
     def keep(self, p: _Parsed, where: str, a: int, b: int) -> bytes:
         """Leave a tensor where it is (embedded); its external data, if any, is read in."""
