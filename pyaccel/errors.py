@@ -122,8 +122,9 @@ class PoolFullError(PoolError, OSError):
 class ModelInUseError(PoolError):
     """The model is leased by a live process and cannot be evicted or deleted."""
 
-    def __init__(self, path: str, model: str, holders: str = "") -> None:
-        detail = f"model {model!r} is in use by another process{holders}; close it there first"
+    def __init__(self, path: str, model: str, detail: str | None = None) -> None:
+        if detail is None:
+            detail = f"model {model!r} is in use by another process; close it there first"
         super().__init__(path, detail)
         self.model = model
 
