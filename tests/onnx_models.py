@@ -311,15 +311,35 @@ def _raw(name: str, arr: np.ndarray, dtype: int) -> TensorProto:
     return TensorProto(name=name, data_type=dtype, dims=arr.shape, raw_data=np.ascontiguousarray(arr).tobytes())
 
 
-def _unpacked_float_data(name: str, arr: np.ndarray) -> TensorProto:
-    """``float_data`` written unpacked (one fixed32 field per value), which protobuf parsers must accept."""
+def float_data_tensor(name: str, arr: np.ndarray, packed: bool = True) -> bytes:
+    """A serialized float32 ``TensorProto`` with its values in ``float_data``, bit for bit.
+
+    Built at the wire level: going through the protobuf API would turn each
+    value into a Python float (quieting signalling NaNs), and protobuf always
+    re-serializes ``float_data`` packed, so the unpacked form (one fixed32
+    field per value, which parsers must accept) only exists written by hand.
+    Add it to a model with :func:`append_initializers`.
+    """
     body = bytearray()
     body += b"\x08" + _varint(arr.shape[0])  # dims
     body += b"\x10" + _varint(TensorProto.FLOAT)  # data_type
-    for v in arr.view(np.uint32).reshape(-1):
-        body += b"\x25" + int(v).to_bytes(4, "little")  # field 4, wire type 5
+    data = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+    if packed:
+        body += b"\x22" + _varint(len(data)) + data  # field 4, length-delimited
+    else:
+        for i in range(0, len(data), 4):
+            body += b"\x25" + data[i : i + 4]  # field 4, fixed32
     body += b"\x42" + _varint(len(name)) + name.encode()
-    return TensorProto.FromString(bytes(body))
+    return bytes(body)
+
+
+def append_initializers(m: onnx.ModelProto, tensors: Sequence[bytes]) -> bytes:
+    """Serialize `m` with extra ``GraphProto.initializer`` fields given as raw bytes."""
+    g = m.graph.SerializeToString() + b"".join(b"\x2a" + _varint(len(t)) + t for t in tensors)
+    rest = onnx.ModelProto()
+    rest.CopyFrom(m)
+    rest.ClearField("graph")
+    return rest.SerializeToString() + b"\x3a" + _varint(len(g)) + g
 
 
 def _varint(v: int) -> bytes:
@@ -370,7 +390,8 @@ def make_dtypes(d: str) -> Generated:
             else:
                 nodes.append(helper.make_node("Identity", [name], [f"out_{name}"]))
                 outs.append(_vi(f"out_{name}", dtype, None))
-    inits.append(_unpacked_float_data("fp32_unpacked", arrays["fp32"][0]))
+    extra = [float_data_tensor("fp32_typed", arrays["fp32"][0]), float_data_tensor("fp32_unpacked", arrays["fp32"][0], packed=False)]
+    inits = [t for t in inits if t.name != "fp32_typed"]
     nodes.append(helper.make_node("Identity", ["fp32_unpacked"], ["out_fp32_unpacked"]))
     outs.append(_vi("out_fp32_unpacked", TensorProto.FLOAT, None))
     # A little arithmetic on some of them, so kernels read the weights too.
@@ -384,7 +405,11 @@ def make_dtypes(d: str) -> Generated:
     g = helper.make_graph(nodes, "dtypes", [_vi("x16", TensorProto.FLOAT16, [1100]), _vi("x64", TensorProto.INT64, [1100])], outs, inits)
     rng = _rng(7)
     feeds = {"x16": rng.standard_normal(1100).astype(np.float16), "x64": rng.integers(-1000, 1000, 1100).astype(np.int64)}
-    return _save(_model(g), d, "dtypes.onnx", feeds)
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "dtypes.onnx")
+    with open(path, "wb") as f:
+        f.write(append_initializers(_model(g), extra))
+    return Generated(path, feeds, [path])
 
 
 def make_sparse(d: str) -> Generated:
