@@ -50,8 +50,12 @@ $(ALIB): $(OBJS)
 	rm -f $@
 	ar rcs $@ $(OBJS)
 
-ext: $(SRCS) $(HDRS) pyaccel/_driver.pyx pyaccel/_driver.pxd
-	$(PYTHON) setup.py -q build_clib build_ext --inplace
+EXT := pyaccel/_driver$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+
+ext: $(EXT)
+
+$(EXT): $(SRCS) $(HDRS) pyaccel/_driver.pyx pyaccel/_driver.pxd setup.py
+	$(PYTHON) setup.py -q build_clib --force build_ext --inplace --force
 
 # C tests link the static library; exit 77 means skipped.
 $(BUILD)/tests/%: tests/c/%.c tests/c/harness.h $(ALIB)

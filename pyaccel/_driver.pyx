@@ -132,7 +132,9 @@ def classify(path, sysfs_root=None):
     cdef bytes p = _fs(path)
     cdef bytes r = _fs(sysfs_root) if sysfs_root is not None else None
     cdef const char *pp = p
-    cdef const char *rp = NULL if r is None else <const char *>r
+    cdef const char *rp = NULL
+    if r is not None:
+        rp = r
     with nogil:
         rc = pa_source_classify(pp, rp, &si)
     check(rc)
@@ -156,7 +158,8 @@ cdef class _Map:
         cfg.length = length
         cfg.flags = flags
         cfg.mode = mode
-        cfg.sysfs_root = NULL if r is None else <const char *>r
+        if r is not None:
+            cfg.sysfs_root = r
         with nogil:
             rc = pa_map_new(&self.m, &cfg)
         check(rc)
@@ -407,7 +410,8 @@ cdef class _Pool:
         cfg.flags = flags
         cfg.mode = mode
         cfg.catalog_size = catalog_size
-        cfg.sysfs_root = NULL if r is None else <const char *>r
+        if r is not None:
+            cfg.sysfs_root = r
         self.path = os.fsdecode(path)
         try:
             if parts:
@@ -712,7 +716,8 @@ cdef class _Load:
         cdef pa_tensor_desc *td = NULL
         cdef pa_source_rec *sr = NULL
         cdef uint64_t *dims = NULL
-        cdef size_t ndims = 0, k = 0, i, j
+        cdef size_t ndims = 0, k = 0, i
+        cdef Py_ssize_t j
         cdef list keep = []
         cdef bytes b
         cdef pa_pool *p = pool._get()

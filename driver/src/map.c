@@ -160,6 +160,13 @@ pa_map_new(struct pa_map **out, const struct pa_map_cfg *cfg)
 	snprintf(m->path, sizeof(m->path), "%s", cfg->path);
 	c = *cfg;
 
+	/* classify before opening where the path exists, so a directory or a
+	 * character device that is not DAX is named for what it is */
+	if (access(cfg->path, F_OK) == 0) {
+		rc = pa_source_classify(cfg->path, cfg->sysfs_root, &m->src);
+		if (rc)
+			goto err;
+	}
 	rc = open_source(cfg, &m->fd);
 	if (rc)
 		goto err;
