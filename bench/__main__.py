@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     from bench import baselines, measure, models, report
 
     t_start = time.time()
+    load_start = list(os.getloadavg())
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     ctx = BenchContext(workdir=workdir, size=args.size, repeat=args.repeat, quick=args.quick,
@@ -221,6 +222,7 @@ def main(argv=None) -> int:
     run = {"argv": sys.argv[1:] if argv is None else list(argv), "size": args.size,
            "repeat": args.repeat, "latency_runs": args.latency_runs, "quick": args.quick,
            "only": args.only, "workdir": workdir,
+           "loadavg_start": load_start, "loadavg_end": list(os.getloadavg()),
            "durations_s": {"models": gen_s, "baselines": base_s, "pyaccel": py_s,
                            "total": total_s}}
     caps = {"drop_caches": list(ctx.can_drop_caches), "odirect": list(ctx.odirect)}

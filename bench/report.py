@@ -194,6 +194,7 @@ def machine_info(workdir: str) -> dict:
         "workdir_fs": _mount_of(workdir),
         "thp": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
         "page_size": os.sysconf("SC_PAGE_SIZE"),
+        "loadavg": list(os.getloadavg()),
     }
 
 
@@ -357,8 +358,9 @@ def write_png(path: str, figures: dict[str, Figure], kinds: dict[str, str], titl
         ax.tick_params(axis="x", labelsize=7)
         if log and vals:
             ax.set_xscale("log")
+            ax.tick_params(axis="x", which="both", labelsize=7)
         for yi, v in zip(y, vals):
-            ax.annotate(f"{v:.3g}", (v, yi), xytext=(3, 0), textcoords="offset points",
+            ax.annotate(f"{v:,.0f}" if v >= 1000 else f"{v:.3g}", (v, yi), xytext=(3, 0), textcoords="offset points",
                         va="center", fontsize=6)
         if not items:
             ax.text(0.5, 0.5, "no figures", transform=ax.transAxes, ha="center")
