@@ -862,7 +862,7 @@ def _materialize(ref: TensorRef, reader: _Reader) -> np.ndarray:
             arr = arr.view(ref.np_dtype)
         if arr.shape != ref.shape or arr.nbytes != ref.nbytes:
             raise MalformedModelError(path, f"{ref.where}: data decodes to shape {arr.shape}, expected {ref.shape}", tensor=ref.name)
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (np.ascontiguousarray would make a 0-d array 1-d)
 
 
 def _materialize_unchecked(ref: TensorRef, reader: _Reader) -> np.ndarray:
@@ -1608,7 +1608,7 @@ def _defines(g: onnx.GraphProto, name: str) -> bool:
 
 
 def _redirect(g: onnx.GraphProto, old: str, new: str) -> None:
-    """Make `g` read outer value `new` wherever it read its own value `old`.
+    """Make `g` read value `new` wherever it read its value `old`.
 
     Nested subgraphs that define `old` themselves are left alone (theirs
     shadows ours).  When `old` is an output of `g`, an ``Identity`` keeps that
@@ -1647,79 +1647,101 @@ def _constant_placeholder(n: onnx.NodeProto) -> TensorProto | None:
     return None
 
 
+def _count_defs(g: onnx.GraphProto, c: dict[str, int]) -> dict[str, int]:
+    """Count how many times each name is defined in `g` and its subgraphs."""
+    names = [v.name for v in g.input] + [t.name for t in g.initializer] + [s.values.name for s in g.sparse_initializer]
+    for n in g.node:
+        names.extend(o for o in n.output if o)
+        for sub in _subgraphs(n):
+            _count_defs(sub, c)
+    for name in names:
+        c[name] = c.get(name, 0) + 1
+    return c
+
+
 class _Editor:
-    """Moves every stripped placeholder into the main graph's initializers."""
+    """Makes every stripped placeholder an initializer of its own graph, under a model-wide unique name.
+
+    A stripped ``Constant`` becomes an initializer of the graph it is in
+    (onnxruntime does the same at load time).  Subgraph weights stay in their
+    subgraph -- so that onnxruntime optimizes and prepacks them exactly as it
+    does from the file (hoisting them to the main graph changed which weights
+    it prepacks inside a Loop, and so the outputs with prepacking on) -- but a
+    name that is defined more than once in the model (shadowing) is renamed
+    to ``"<node>.<attribute>/<name>"`` and its uses in that subgraph redirected,
+    because ``SessionOptions.add_initializer`` knows initializers by name only.
+    """
 
     def __init__(self, model: ModelProto, pending: dict[int, _Pending]) -> None:
         self.main = model.graph
         self.pending = pending
         self.taken = _all_names(self.main, set())
+        self.defs = _count_defs(self.main, {})
+        self.claimed = {t.name for t in self.main.initializer}  # main-graph initializers keep their names
         self.final: dict[int, str] = {}  # seq -> final name
 
-    def unique(self, desired: str) -> str:
+    def name_for(self, orig: str, desired: str) -> str:
+        if orig not in self.claimed and self.defs.get(orig, 0) == 1:
+            self.claimed.add(orig)
+            return orig
         name, k = desired, 1
-        while name in self.taken:
+        while name in self.taken or name in self.claimed:
             k += 1
             name = f"{desired}#{k}"
         self.taken.add(name)
+        self.claimed.add(name)
         return name
 
     def run(self) -> None:
-        keep = []
-        for n in self.main.node:
-            t = _constant_placeholder(n)
-            if t is not None:  # a main-graph Constant: its output becomes the initializer
-                init = self.main.initializer.add()
-                init.CopyFrom(t)
-                init.name = n.output[0]
-                self.final[_stripped_seq(t)] = init.name
-                continue
-            keep.append(n)
-            for sub in _subgraphs(n):
-                self.hoist(sub)
-        if len(keep) != len(self.main.node):
-            del self.main.node[:]
-            self.main.node.extend(keep)
+        self.localize(self.main, main=True)
 
-    def hoist(self, g: onnx.GraphProto) -> None:
-        moved: list[tuple[str, str]] = []
-        keep_inits = []
+    def localize(self, g: onnx.GraphProto, main: bool) -> None:
+        renames: list[tuple[str, str]] = []
         for t in g.initializer:
             seq = _stripped_seq(t) if is_stripped(t) else 0
-            if not seq:
-                keep_inits.append(t)
-                continue
-            moved.append((self.pending[seq].parsed_name, self.move(t, seq)))
-        if len(keep_inits) != len(g.initializer):
-            del g.initializer[:]
-            g.initializer.extend(keep_inits)
+            if seq and not main:
+                orig = self.pending[seq].parsed_name
+                t.name = self.final[seq] = self.name_for(orig, self.pending[seq].desired)
+                if t.name != orig:
+                    renames.append((orig, t.name))
         keep_nodes = []
         for n in g.node:
             t = _constant_placeholder(n)
             if t is None:
                 keep_nodes.append(n)
                 continue
-            moved.append((n.output[0], self.move(t, _stripped_seq(t))))
+            seq, orig = _stripped_seq(t), n.output[0]
+            if main:
+                self.claimed.add(orig)
+                new = orig
+            else:
+                new = self.name_for(orig, self.pending[seq].desired)
+            init = g.initializer.add()
+            init.CopyFrom(t)
+            init.name = self.final[seq] = new
+            if new != orig:
+                renames.append((orig, new))
         if len(keep_nodes) != len(g.node):
             del g.node[:]
             g.node.extend(keep_nodes)
-        for old, new in moved:
+        for old, new in renames:
             _redirect(g, old, new)
         for n in g.node:
             for sub in _subgraphs(n):
-                self.hoist(sub)
+                self.localize(sub, main=False)
 
-    def move(self, t: TensorProto, seq: int) -> str:
-        init = self.main.initializer.add()
-        init.CopyFrom(t)
-        init.name = self.unique(self.pending[seq].desired)
-        self.final[seq] = init.name
-        return init.name
+
+def _all_initializers(g: onnx.GraphProto) -> Iterator[TensorProto]:
+    """The initializers of `g` and of all its subgraphs."""
+    yield from g.initializer
+    for n in g.node:
+        for sub in _subgraphs(n):
+            yield from _all_initializers(sub)
 
 
 def _finish_placeholders(model: ModelProto) -> None:
     """Reset the sequence numbers that the edit used back to offset 0."""
-    for t in model.graph.initializer:
+    for t in _all_initializers(model.graph):
         if is_stripped(t):
             for e in t.external_data:
                 if e.key == "offset":

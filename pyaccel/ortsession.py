@@ -58,7 +58,7 @@ from google.protobuf.message import DecodeError
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from .errors import MalformedModelError
-from .onnxfile import _SUBBYTE_BITS, is_stripped
+from .onnxfile import _SUBBYTE_BITS, _all_initializers, is_stripped
 
 __all__ = ["SessionBinding", "make_session", "session_binding"]
 
@@ -241,10 +241,12 @@ def make_session(
         weight a main-graph initializer, stripped ones marked by
         :func:`pyaccel.onnxfile.is_stripped`.
     arrays : mapping of str to numpy.ndarray
-        One array per stripped initializer (required) and, optionally, per
-        inline one (string tensors excepted), with the initializer's dtype and
-        shape.  Read-only arrays are fine.  For zero copy they should be
-        C-contiguous views of a file mapping (the pool).
+        One array per stripped initializer (required), with the
+        initializer's dtype and shape.  Arrays for inline initializers
+        (``TensorRef.inline``) may be given too: they are checked and
+        ignored, onnxruntime uses the copy in the graph.  Read-only arrays are
+        fine.  For zero copy they should be C-contiguous views of a file
+        mapping (the pool).
     sess_options : onnxruntime.SessionOptions, optional
         Options as for ``InferenceSession``.  **It is modified**: the arrays
         are added with ``add_initializer`` and two config entries are set
@@ -301,7 +303,7 @@ def _set_config(so: ort.SessionOptions, key: str, value: str) -> None:
 def _bind(model: ModelProto, arrays: Mapping[str, np.ndarray]) -> SessionBinding:
     """Point every stripped initializer of `model` at its array; make the OrtValues."""
     binding = SessionBinding()
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = {t.name: t for t in _all_initializers(model.graph)}  # subgraph weights too; names are unique
     unknown = sorted(set(arrays) - set(inits))
     if unknown:
         raise ValueError(f"not initializers of this graph: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
@@ -312,18 +314,19 @@ def _bind(model: ModelProto, arrays: Mapping[str, np.ndarray]) -> SessionBinding
     copied = []
     for name, arr in arrays.items():
         t = inits[name]
+        stripped = is_stripped(t)  # (before _point_at/_embed rewrite the reference)
         if t.data_type == TensorProto.STRING:
-            if is_stripped(t):  # pragma: no cover - scan() never strips strings
+            if stripped:  # pragma: no cover - scan() never strips strings
                 raise ValueError(f"string initializer {name!r} cannot be given as an array")
             continue
-        if not is_stripped(t) and t.data_location == TensorProto.EXTERNAL:
+        if not stripped and t.data_location == TensorProto.EXTERNAL:
             raise ValueError(f"initializer {name!r} refers to external data; graph_bytes must come from scan()")
         arr = _check_array(name, arr, t)
         subbyte = t.data_type in _SUBBYTE_BITS
         if not arr.flags.c_contiguous:
-            arr = np.ascontiguousarray(arr)
+            arr = arr.copy(order="C")
             copied.append(name)
-        if is_stripped(t):
+        if stripped:
             if maps is None:
                 maps = _Maps()
             where = maps.backing(arr) if arr.nbytes and not subbyte else None
@@ -334,6 +337,11 @@ def _bind(model: ModelProto, arrays: Mapping[str, np.ndarray]) -> SessionBinding
             else:
                 _point_at(t, where[0], where[1], arr.nbytes)
                 binding.file_backed[name] = where
+        if not stripped:
+            # Inline (small) tensors: onnxruntime already has their bytes in the
+            # graph; giving them again gains nothing, and a 0-d array's OrtValue
+            # comes out with shape (1,), which onnxruntime rejects.
+            continue
         if not subbyte:  # onnxruntime packs 4-bit tensors; numpy does not
             binding.ortvalues[name] = _ortvalue(arr, t.data_type)
         binding.arrays[name] = arr

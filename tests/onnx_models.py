@@ -696,3 +696,40 @@ def backend_feeds(model_path: str) -> dict[str, np.ndarray] | None:
             t.ParseFromString(f.read())
         feeds[name] = numpy_helper.to_array(t)
     return feeds
+
+
+# ---------------------------------------------------------------------------
+# A model exported by torch.onnx.export
+# ---------------------------------------------------------------------------
+
+
+def make_torch_exported(d: str) -> Generated:
+    """A small CNN + MLP exported by ``torch.onnx.export`` (raises ImportError without torch)."""
+    import warnings
+
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(16)
+            self.fc1 = torch.nn.Linear(16 * 8 * 8, 64)
+            self.fc2 = torch.nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.bn(self.conv(x)))
+            return self.fc2(torch.relu(self.fc1(h.flatten(1))))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 8, 8)
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "torch.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but needs no onnxscript
+        torch.onnx.export(net, (x,), path, input_names=["x"], output_names=["y"], dynamo=False, opset_version=17)
+    return Generated(path, {"x": x.numpy()}, [path])

@@ -188,24 +188,31 @@ def test_constants_every_kind(tmp_path):
     assert {t.name for t in g.initializer} == set(by)
 
 
-def test_subgraph_weights_are_hoisted_with_unique_names(tmp_path):
+def test_subgraph_weights_stay_in_their_graph_with_unique_names(tmp_path):
     gen = om.make_subgraphs(str(tmp_path))
     s = scan(gen.path)
     names = [t.name for t in s.tensors]
     assert len(names) == len(set(names)) == 12
-    w_then = s.tensor("If_1.then_branch/W")  # shadowed the main graph's W
+    # "W" of the then-branch shadows the main graph's W: renamed after where it is
+    w_then = s.tensor("If_1.then_branch/W")
     assert w_then.where == "graph/If_1.then_branch/initializer W"
-    assert s.tensor("Loop_3.body/If_3.then_branch/IW").where == "graph/Loop_3.body/If_3.then_branch/initializer IW"
-    assert s.tensor("Scan_4.body/SW").range is not None  # packed float_data
+    # names defined once in the model keep their names
+    assert s.tensor("IW").where == "graph/Loop_3.body/If_3.then_branch/initializer IW"
+    assert s.tensor("LC").where == "graph/Loop_3.body/Constant_1/value"
+    assert s.tensor("SW").range is not None  # packed float_data
     g = s.graph().graph
-    assert {t.name for t in g.initializer} == set(names)
+    assert [t.name for t in g.initializer] == ["W"]
     then_g = next(a.g for a in g.node[1].attribute if a.name == "then_branch")
-    assert not then_g.initializer and "If_1.then_branch/W" in then_g.node[0].input
+    assert {t.name for t in then_g.initializer} == {"If_1.then_branch/W", "If_1.then_branch/then_c"}
+    assert "If_1.then_branch/W" in then_g.node[0].input and not any(n.op_type == "Constant" for n in then_g.node)
+    # the else branch returned its Constant directly: an Identity keeps the output's name
     else_g = next(a.g for a in g.node[1].attribute if a.name == "else_branch")
     assert [(n.op_type, list(n.input), list(n.output)) for n in else_g.node] == [("Identity", ["If_1.else_branch/else_out"], ["else_out"])]
-    assert [e.where for e in s.embedded] == ["graph/Loop_3.body/Constant_4/value"]  # the tiny one stays
+    assert [e.where for e in s.embedded] == ["graph/Loop_3.body/Constant_4/value"]  # the tiny one stays a Constant
     m = onnx.load(gen.path)
     assert np.array_equal(om.array_of(s.tensor("W")), numpy_helper.to_array(m.graph.initializer[0]))
+    for t in s.tensors:
+        assert t.name in {i.name for i in onnxfile._all_initializers(g)}
 
 
 def test_shadowing_inner_graph_keeps_its_own_value(tmp_path):
@@ -226,6 +233,7 @@ def test_shadowing_inner_graph_keeps_its_own_value(tmp_path):
     gg = s.graph().graph
     then_g = gg.node[0].attribute[0].g if gg.node[0].attribute[0].name == "then_branch" else gg.node[0].attribute[1].g
     assert list(then_g.node[0].input) == ["If_0.then_branch/K", "If_0.then_branch/K"]
+    assert [t.name for t in then_g.initializer] == ["If_0.then_branch/K"]
     inner_g = then_g.node[1].attribute[0].g
     assert list(inner_g.node[1].input) == ["K"]  # its own small Constant K
 
