@@ -632,18 +632,20 @@ def write_streamed_model(
 
 
 def make_gather_model(path: str, tables: Sequence[StreamedTensor], external: str | None) -> Generated:
-    """Y_k = Gather(table_k, idx) for each table: touches only a few rows of huge weights."""
-    rows = tables[0].shape[0]
-    nodes = [helper.make_node("Gather", [t.name, "idx"], [f"Y{k}"]) for k, t in enumerate(tables)]
+    """Y_k = Gather(table_k, idx_k) for each table: touches only a few rows (first, middle, last) of huge weights."""
+    nodes = [helper.make_node("Gather", [t.name, f"idx{k}"], [f"Y{k}"]) for k, t in enumerate(tables)]
     g = helper.make_graph(
         nodes,
         "gather",
-        [_vi("idx", TensorProto.INT64, [None])],
+        [_vi(f"idx{k}", TensorProto.INT64, [None]) for k in range(len(tables))],
         [_vi(f"Y{k}", TensorProto.FLOAT, None) for k in range(len(tables))],
     )
     files = write_streamed_model(path, g, tables, external)
-    idx = np.array([0, 1, rows // 2, rows - 2, rows - 1], dtype=np.int64)
-    return Generated(path, {"idx": idx}, files)
+    feeds = {}
+    for k, t in enumerate(tables):
+        rows = t.shape[0]
+        feeds[f"idx{k}"] = np.array([0, 1, rows // 2, rows - 2, rows - 1], dtype=np.int64)
+    return Generated(path, feeds, files)
 
 
 def make_matmul_chain(path: str, layers: int, dim: int, external: str | None) -> Generated:
