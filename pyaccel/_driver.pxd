@@ -148,7 +148,7 @@ cdef extern from "pyaccel.h" nogil:
         uint32_t format_major, format_minor
         uint64_t compat, incompat, ro_compat
         uint64_t size, data_size, used, free, largest_free, logical, dedup_saved
-        uint64_t generation, created_ns
+        uint64_t generation, created_ns, catalog_offset, catalog_size, data_offset
         uint32_t n_models, n_loading, n_tensors, n_extents, n_parts, frag_ppm
         pa_kind kind
         pa_granularity granularity

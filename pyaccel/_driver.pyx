@@ -513,6 +513,8 @@ cdef class _Pool:
             "fragmentation": st.frag_ppm / 1e6,
             "logical": st.logical, "dedup_saved": st.dedup_saved,
             "generation": st.generation, "created_ns": st.created_ns,
+            "catalog_offset": st.catalog_offset, "catalog_size": st.catalog_size,
+            "data_offset": st.data_offset,
             "n_models": st.n_models, "n_loading": st.n_loading,
             "n_tensors": st.n_tensors, "n_extents": st.n_extents,
             "n_partitions": st.n_parts,

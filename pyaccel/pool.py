@@ -142,6 +142,9 @@ class PoolStatus:
     logical: int
     dedup_saved: int
     generation: int
+    catalog_offset: int
+    catalog_size: int
+    data_offset: int
     n_models: int
     n_loading: int
     n_tensors: int
@@ -287,6 +290,9 @@ class Pool:
             logical=st["logical"],
             dedup_saved=st["dedup_saved"],
             generation=st["generation"],
+            catalog_offset=st["catalog_offset"],
+            catalog_size=st["catalog_size"],
+            data_offset=st["data_offset"],
             n_models=st["n_models"],
             n_loading=st["n_loading"],
             n_tensors=st["n_tensors"],
@@ -620,9 +626,14 @@ def open_pool(
     for _ in range(3):
         try:
             return Pool(attempt(0), spath)
-        except (FileNotFoundError, PoolFormatError) as e:
-            if isinstance(e, PoolFormatError) and not _blank(spath):
-                raise
+        except FileNotFoundError:
+            pass
+        except PoolFormatError as e:
+            if not _blank(spath):
+                if "newer" in e.detail or "features" in e.detail:
+                    raise
+                raise PoolFormatError(spath, "holds data that is not a pyaccel pool; "
+                                      "give force=True (pyaccel pool create --force) to overwrite it") from e
         try:
             return Pool(attempt(_driver.POOL_CREATE), spath)
         except FileExistsError:

@@ -332,6 +332,9 @@ struct pa_pool_stat {
 	uint64_t dedup_saved;	/* logical - stored tensor bytes */
 	uint64_t generation;	/* catalog generation */
 	uint64_t created_ns;
+	uint64_t catalog_offset;	/* first catalog copy; the second follows */
+	uint64_t catalog_size;	/* bytes per catalog copy */
+	uint64_t data_offset;	/* start of the extents */
 	uint32_t n_models, n_loading, n_tensors, n_extents, n_parts;
 	uint32_t frag_ppm;	/* 1e6 * (1 - largest_free / free) */
 	enum pa_kind kind;

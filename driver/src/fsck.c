@@ -128,6 +128,7 @@ pa_pool_fsck(struct pa_pool *p, unsigned flags, struct pa_fsck_report *r)
 				goto out;
 			p->damage &= ~(uint32_t)(PA_DAMAGE_SB_PRIMARY |
 						 PA_DAMAGE_SB_BACKUP);
+			r->repaired = 1;
 		}
 	}
 	if (p->damage & PA_DAMAGE_CATALOG_NEW) {
@@ -150,9 +151,15 @@ pa_pool_fsck(struct pa_pool *p, unsigned flags, struct pa_fsck_report *r)
 		note(r, "the state page was damaged%s",
 		     repair ? "; rewritten" : "");
 	}
-	if (p->damage & PA_DAMAGE_UNCLEAN)
-		note(r, "the machine went down while the pool was in use: "
-			"every tensor is checked");
+	if (unclean) {
+		problems++;
+		note(r, "%s: every tensor is checked%s",
+		     (p->damage & PA_DAMAGE_UNCLEAN) ?
+			     "the machine went down while the pool was in use" :
+			     "the pool is marked as needing a check (unclean "
+			     "shutdown or damage)",
+		     repair ? " and the mark cleared" : "");
+	}
 
 	/* loads whose loader died */
 	for (uint32_t i = 0; i < c->n_models; i++) {

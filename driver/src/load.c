@@ -261,11 +261,15 @@ no_space(struct pa_pool *p, const struct pa_model_desc *d, int rc)
 					       "%s%s", bl ? ", " : "",
 					       p->cat.models[i].name);
 	return ERR(-ENOSPC, "%s: model %s needs %llu bytes in partition %s, "
-			    "which has %llu free (largest range %llu) after "
-			    "evicting every model not in use; in use: %s",
+			    "which has %llu free (largest range %llu)%s; "
+			    "in use: %s",
 		   p->path, d->name, (unsigned long long)need,
 		   p->sb.parts[d->part].name, (unsigned long long)fr,
-		   (unsigned long long)big, bl ? busy : "none");
+		   (unsigned long long)big,
+		   (d->flags & PA_LOAD_NO_EVICT) ?
+			   " and eviction was not allowed" :
+			   " after evicting every model not in use",
+		   bl ? busy : "none");
 }
 
 /* pa_load_begin -- allocate and record the model as LOADING */
@@ -328,7 +332,7 @@ pa_load_begin(struct pa_load **out, struct pa_pool *p,
 	m.created_ns = pool_now_ns();
 	for (;;) {
 		rc = place(p, &m, d, l, &injected);
-		if (rc != -ENOSPC || injected)
+		if (rc != -ENOSPC || injected || (d->flags & PA_LOAD_NO_EVICT))
 			break;
 		/* undo this attempt's extents, evict one, try again */
 		for (uint64_t id = p->cat.next_extent_id;; id++) {
@@ -520,6 +524,27 @@ dedup_model(struct pa_pool *p, struct mem_model *m, uint64_t first_new)
 	return 0;
 }
 
+/* reap_superseded -- drop superseded versions no process leases any more */
+static void
+reap_superseded(struct pa_pool *p, struct held *h)
+{
+	for (uint32_t i = 0; i < p->cat.n_models; i++) {
+		struct mem_model *o = &p->cat.models[i];
+
+		if (!(o->flags & PA_MODEL_F_SUPERSEDED) ||
+		    o->state != PA_MODEL_READY || lease_count(p, o->id))
+			continue;
+		if (pool_lock(p, LEASE_BASE + o->id, F_WRLCK, false))
+			continue;
+		if (held_add(h, o->id)) {
+			pool_unlock(p, LEASE_BASE + o->id);
+			continue;
+		}
+		cat_model_drop(&p->cat, o->id);
+		i--;
+	}
+}
+
 /* pa_load_commit -- persist, dedup, and make the model READY */
 PA_EXPORT int
 pa_load_commit(struct pa_load **lp, int keep_lease, uint64_t *model_id)
@@ -578,22 +603,16 @@ pa_load_commit(struct pa_load **lp, int keep_lease, uint64_t *model_id)
 	m->content_hash = content_hash(p, m);
 	m->state = PA_MODEL_READY;
 	m->owner_pid = 0;
-	/* 3. older versions under the same name step aside */
+	/* 3. older versions under the same name step aside, and go once no
+	 * process uses them */
 	for (uint32_t i = 0; i < p->cat.n_models; i++) {
 		struct mem_model *o = &p->cat.models[i];
 
-		if (o->id == l->id || o->state != PA_MODEL_READY ||
-		    strcmp(o->name, m->name) != 0)
-			continue;
-		o->flags |= PA_MODEL_F_SUPERSEDED;
-		if (!lease_count(p, o->id) &&
-		    pool_lock(p, LEASE_BASE + o->id, F_WRLCK, false) == 0 &&
-		    held_add(&held, o->id) == 0) {
-			cat_model_drop(&p->cat, o->id);
-			i--;
-		}
-		m = cat_model(&p->cat, l->id);
+		if (o->id != l->id && o->state == PA_MODEL_READY &&
+		    strcmp(o->name, m->name) == 0)
+			o->flags |= PA_MODEL_F_SUPERSEDED;
 	}
+	reap_superseded(p, &held);
 	rc = cat_commit(p);
 	if (rc)
 		goto unlock;
@@ -704,7 +723,13 @@ pa_pool_evict(struct pa_pool *p, uint64_t id)
 		goto unlock;
 	}
 	cat_model_drop(&p->cat, id);
-	rc = cat_commit(p);
+	{
+		struct held held = {NULL, 0};
+
+		reap_superseded(p, &held);
+		rc = cat_commit(p);
+		held_release(p, &held);
+	}
 	pool_unlock(p, LEASE_BASE + id);
 unlock:
 	pool_unlock(p, LOCK_WRITER);

@@ -690,6 +690,9 @@ pa_pool_stat(struct pa_pool *p, struct pa_pool_stat *st)
 	st->data_size = p->sb.data_size;
 	st->generation = p->cat.generation;
 	st->created_ns = p->sb.created_ns;
+	st->catalog_offset = p->sb.cat_off;
+	st->catalog_size = p->sb.cat_size;
+	st->data_offset = p->sb.data_off;
 	st->n_parts = p->sb.nparts;
 	st->kind = (enum pa_kind)p->sb.kind;
 	st->granularity = pa_map_granularity(p->map);
