@@ -15,10 +15,13 @@ skips every payload by its length prefix and reports, for each weight, either
   attributes of ``Constant`` nodes).
 
 It also builds :attr:`ScannedModel.graph_bytes`, the model without its weight
-bytes, in which every located weight is a main-graph initializer named
-:attr:`TensorRef.name`; :func:`pyaccel.ortsession.make_session` turns it and
-one array per weight into an onnxruntime session that uses the arrays'
-memory.
+bytes, in which every located weight is an initializer named
+:attr:`TensorRef.name` (unique in the whole model) of the graph that held it:
+``Constant`` nodes become initializers (as onnxruntime does at load time),
+subgraph weights stay in their subgraph, so that onnxruntime optimizes and
+prepacks them exactly as from the file.  :func:`pyaccel.ortsession.make_session`
+turns it and one array per weight into an onnxruntime session that uses the
+arrays' memory.
 
 External data is resolved as strictly as onnx >= 1.21 does it: relative
 locations only, opened beneath the model's directory with ``openat2``
@@ -171,10 +174,13 @@ class TensorRef:
     Attributes
     ----------
     name : str
-        The initializer name it has in :attr:`ScannedModel.graph_bytes` (unique
-        there).  For main-graph initializers this is the name in the file; for
-        a main-graph ``Constant`` node it is the node's output; for a weight
-        hoisted out of a subgraph it is ``"<node>.<attribute>/<name>"``.
+        The initializer name it has in :attr:`ScannedModel.graph_bytes`, unique
+        in the whole model (main graph and subgraphs).  For an initializer it
+        is the name in the file, for a ``Constant`` node its output -- except
+        in a subgraph when that name is also defined elsewhere in the model
+        (shadowing), where it becomes ``"<node>.<attribute>/<name>"`` (e.g.
+        ``"If_1.then_branch/W"``) and the subgraph's uses are redirected.  The
+        initializer lives in the graph named by :attr:`where`.
     dtype : int
         ONNX ``TensorProto.DataType``.
     np_dtype : numpy.dtype
@@ -186,7 +192,8 @@ class TensorRef:
         Size of the final array in memory (``numel x itemsize``; for strings
         the sum of their lengths).
     where : str
-        Human-readable origin, e.g. ``graph/If_0.then_branch/initializer W``.
+        Human-readable origin, e.g. ``graph/If_0.then_branch/initializer W``
+        (nodes without a name are called ``<op_type>_<index in graph>``).
     range : ByteRange or None
         Where the final bytes lie, unchanged, in the model or an external-data
         file; ``None`` when the array must be built by :meth:`convert`.
@@ -279,7 +286,8 @@ class ScannedModel:
     ir_version : int
         The model's IR version.
     tensors : list of TensorRef
-        Every weight, each an initializer of ``graph_bytes``, names unique.
+        Every weight, each an initializer of ``graph_bytes`` (in its own graph),
+        names unique in the model.
     embedded : list of EmbeddedTensor
         Tensor data left inside ``graph_bytes``.
     sources : list of SourceFile
@@ -915,7 +923,7 @@ class _Parsed:
 
 @dataclass
 class _Pending:
-    """A stripped weight whose final name the graph edit decides."""
+    """A stripped subgraph weight or ``Constant`` whose final name the graph edit decides."""
 
     parsed_name: str  # name or output in the file
     desired: str  # name to give it once hoisted
@@ -1001,7 +1009,11 @@ class _Scan:
     # -- graphs -----------------------------------------------------------
 
     def graph(self, start: int, end: int, label: str, depth: int, main: bool, hoist: bool) -> bytes:
-        """Rewrite one ``GraphProto``; `hoist` is False inside functions (nothing leaves them)."""
+        """Rewrite one ``GraphProto``.
+
+        `hoist` means "strip large weights out": it is False inside model-local
+        functions, whose bodies cannot see initializers, so their tensors stay.
+        """
         w = self.w
         if depth > _MAX_DEPTH:
             w.fail(start, f"subgraphs nested deeper than {_MAX_DEPTH}")
@@ -1149,7 +1161,6 @@ class _Scan:
 
     def constant_attribute(self, a: int, b: int, ctx: str, output: str, depth: int, hoist: bool, main: bool) -> bytes | None:
         """Locate the value of a ``Constant`` node; return the rewritten attribute or ``None``."""
-        w = self.w
         name, fields = self._attr_fields(a, b)
         where = f"{ctx}/{name}"
         if name not in _CONSTANT_ATTRS:
@@ -1507,7 +1518,7 @@ class _Scan:
         return _placeholder(p.name, p.dtype, p.dims, _raw_nbytes(p.dtype, p.np_dtype, _numel(p.dims)), 0)
 
     def add_hoisted(self, p: _Parsed, where: str, orig: str, desired: str) -> bytes:
-        """A weight that the graph edit moves into the main graph's initializers."""
+        """A ``Constant`` or subgraph weight: the graph edit makes it an initializer with a unique name."""
         index = self._ref(p, where, False, desired)
         seq = len(self.pending) + 1
         self.pending[seq] = _Pending(orig, desired, index)
