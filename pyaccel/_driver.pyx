@@ -528,11 +528,11 @@ cdef class _Pool:
         """Each partition's name, place and usage."""
         cdef pa_part_info pi
         cdef pa_pool *p = self._get()
-        cdef uint32_t i
+        cdef uint32_t i = 0
         out = []
-        n = self.stat()["n_partitions"]
-        for i in range(n):
-            check(pa_pool_part(p, i, &pi))
+        # no refresh here: callers mix this with lookups in one snapshot
+        while pa_pool_part(p, i, &pi) == 0:
+            i += 1
             out.append({"name": pi.name.decode(), "offset": pi.offset, "size": pi.size,
                         "used": pi.used, "free": pi.free,
                         "largest_free": pi.largest_free})

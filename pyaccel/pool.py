@@ -350,8 +350,9 @@ class Pool:
             No ready model has that name.
         """
         self.refresh()
+        parts = self._call(self._drv.partitions)
         m = self._call(self._drv.model_find, name, model=name)
-        return self._record(m, self._call(self._drv.partitions))
+        return self._record(m, parts)
 
     def _resolve(self, name_or_id: str | int) -> ModelRecord:
         if isinstance(name_or_id, int):

@@ -618,24 +618,13 @@ pa_load_commit(struct pa_load **lp, int keep_lease, uint64_t *model_id)
 		goto unlock;
 	if (model_id)
 		*model_id = l->id;
-	if (keep_lease && pool_lock(p, LEASE_BASE + l->id, F_RDLCK, false) ==
-				  0) {
-		/* the exclusive lock became a shared one: still leased */
-		struct lease *n = realloc(p->leases, (p->n_leases + 1) *
-							     sizeof(*n));
-
-		if (n) {
-			p->leases = n;
-			p->leases[p->n_leases].id = l->id;
-			p->leases[p->n_leases].count = 1;
-			p->n_leases++;
-			hint_touch(p, l->id);
-		} else {
-			pool_unlock(p, LEASE_BASE + l->id);
-		}
-	} else {
+	/* the exclusive lock becomes a shared one: still leased */
+	if (keep_lease &&
+	    pool_lock(p, LEASE_BASE + l->id, F_RDLCK, false) == 0 &&
+	    lease_add(p, l->id) == 0)
+		hint_touch(p, l->id);
+	else
 		pool_unlock(p, LEASE_BASE + l->id);
-	}
 	held_release(p, &held);
 	pool_unlock(p, LOCK_WRITER);
 	pthread_mutex_unlock(&p->mu);

@@ -936,7 +936,7 @@ lease_count(const struct pa_pool *p, uint64_t id)
 }
 
 /* lease_add -- count one more lease on id (the lock is already held) */
-static int
+int
 lease_add(struct pa_pool *p, uint64_t id)
 {
 	struct lease *l = lease_slot(p, id);
@@ -965,6 +965,7 @@ int
 pool_lease_locked(struct pa_pool *p, uint64_t id, unsigned flags)
 {
 	struct mem_model *m;
+	bool wait;
 	int rc;
 
 	if (lease_slot(p, id)) {
@@ -987,10 +988,12 @@ pool_lease_locked(struct pa_pool *p, uint64_t id, unsigned flags)
 		return ERR(-EAGAIN, "%s: model %s is still being loaded by "
 				    "process %lld", p->path, m->name,
 			   (long long)m->owner_pid);
-	/* the lock waits for a loader or an evictor holding it exclusively;
-	 * then the catalog says whether the model made it */
+	/* the lock waits for a loader (when asked) or for an evictor, which
+	 * holds it only for one catalog commit; then the catalog says whether
+	 * the model is (still) there */
+	wait = (flags & PA_LEASE_WAIT) || m->state == PA_MODEL_READY;
 	pthread_mutex_unlock(&p->mu);
-	rc = pool_lock(p, LEASE_BASE + id, F_RDLCK, (flags & PA_LEASE_WAIT));
+	rc = pool_lock(p, LEASE_BASE + id, F_RDLCK, wait);
 	pthread_mutex_lock(&p->mu);
 	if (rc == -EAGAIN)
 		return ERR(-EAGAIN, "%s: model %llu is being loaded or "

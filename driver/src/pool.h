@@ -233,6 +233,7 @@ int pool_write(struct pa_pool *p, uint64_t off, const void *src, size_t len);
 int pool_persist(struct pa_pool *p, uint64_t off, size_t len);
 int state_write(struct pa_pool *p);
 uint32_t lease_count(const struct pa_pool *p, uint64_t id);
+int lease_add(struct pa_pool *p, uint64_t id);
 uint64_t pool_now_ns(void);
 void hint_touch(struct pa_pool *p, uint64_t id);
 uint64_t hint_last_used(const struct pa_pool *p, uint64_t id);
