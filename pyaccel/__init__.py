@@ -2,17 +2,22 @@
 
 The public API:
 
+- :func:`load_model` and :class:`Model` -- an ONNX model's weights in a pool:
+  zero-copy numpy arrays, and onnxruntime sessions over them;
 - :func:`open_pool` and :class:`Pool` -- a weight pool on device-DAX, hugetlbfs,
   fsdax, a memory-backed block device or tmpfs;
-- :func:`load_model` and :class:`Model` -- an ONNX model's weights in a pool,
-  zero-copy numpy arrays and onnxruntime sessions over them;
 - :func:`devices` -- what fast memory this machine offers;
 - :mod:`pyaccel.errors` -- the exceptions.
+
+Submodules load on first use, so ``import pyaccel`` stays cheap (the CLI and
+the discovery code do not pay for numpy, onnx or the C extension).
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .discover import devices
+import importlib
+from typing import Any
+
 from .errors import (
     ExternalDataError,
     MalformedModelError,
@@ -28,14 +33,22 @@ from .errors import (
     SourceChangedError,
     UnsupportedModelError,
 )
-from .pool import Pool, PoolStatus, open_pool
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "loader",
+    "Model": "loader",
+    "ModelInfo": "loader",
+    "open_pool": "pool",
+    "Pool": "pool",
+    "PoolStatus": "pool",
+    "devices": "discover",
+}
 
 __all__ = [
     "__version__",
-    "devices",
-    "open_pool",
-    "Pool",
-    "PoolStatus",
+    *_LAZY,
     "PyaccelError",
     "ModelError",
     "MalformedModelError",
@@ -50,3 +63,16 @@ __all__ = [
     "ModelNotFoundError",
     "SourceChangedError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'pyaccel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
