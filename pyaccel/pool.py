@@ -212,8 +212,10 @@ class TensorWrite:
     """One tensor for :meth:`Pool.write_model`.
 
     Exactly one source: ``fd`` + ``offset`` (bytes in a file, streamed), a
-    bytes-like ``buffer`` (copied), or ``same_as`` (the index of an earlier
-    tensor whose bytes are the very same: stored once).
+    bytes-like ``buffer`` (copied), ``produce`` (a callable returning the
+    bytes-like object when its turn comes, so that converted tensors are made
+    one at a time), or ``same_as`` (the index of an earlier tensor whose bytes
+    are the very same: stored once).
     """
 
     name: str
@@ -223,6 +225,7 @@ class TensorWrite:
     fd: int = -1
     offset: int = 0
     buffer: Any = None
+    produce: Callable[[], Any] | None = None
     same_as: int = -1
 
 
@@ -458,21 +461,35 @@ class Pool:
             mode = {"auto": _driver.STREAM_DIRECT_AUTO, "never": _driver.STREAM_DIRECT_NEVER,
                     "always": _driver.STREAM_DIRECT_ALWAYS}[direct]
             stream = _driver._Stream(self._drv, threads=threads, direct=mode)
-            slots: list[int] = []
             index: dict[int, int] = {}
+            produced: list[int] = []
             for i, t in enumerate(tensors):
                 if t.same_as >= 0:
+                    continue
+                if t.produce is not None:
+                    produced.append(i)
                     continue
                 off = load.offset(i)
                 if t.buffer is not None:
                     index[i] = stream.add_buffer(t.buffer, off)
                 else:
                     index[i] = stream.add_file(t.fd, t.offset, t.nbytes, off)
-                slots.append(i)
             index[len(tensors)] = stream.add_buffer(meta, load.offset(len(tensors)))
             _run_stream(stream, progress)
             for i, k in index.items():
                 load.set_crc(i, stream.crc(k))
+            # converted tensors: made and copied one at a time (bounded memory)
+            for i in produced:
+                data = tensors[i].produce()  # type: ignore[misc]
+                nbytes = memoryview(data).nbytes
+                if nbytes != tensors[i].nbytes:
+                    raise ValueError(f"tensor {tensors[i].name!r}: produced {nbytes} bytes, "
+                                     f"expected {tensors[i].nbytes}")
+                one = _driver._Stream(self._drv, threads=1)
+                one.add_buffer(data, load.offset(i))
+                one.run()
+                load.set_crc(i, one.crc(0))
+                del data, one
             mid = self._call(load.commit, True, model=name)
         except BaseException:
             load.abort()
