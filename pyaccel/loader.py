@@ -312,6 +312,17 @@ def _progress_bar(enabled: bool | None, total: int, name: str) -> tuple[Callable
     return update, bar
 
 
+def _bytes_of(t: onnxfile.TensorRef) -> Callable[[], memoryview]:
+    """A ``produce`` callable for a converted tensor: its final bytes, as a flat uint8 view."""
+
+    def produce() -> memoryview:
+        a = np.ascontiguousarray(t.convert())
+        # ml_dtypes (bfloat16, float8 ...) do not export the buffer protocol: view the bytes
+        return memoryview(a.reshape(-1).view(np.uint8))
+
+    return produce
+
+
 def _stream(pool: Pool, path: str, name: str, partition: str | int, progress: bool | None,
             t0: float) -> Model:
     """Scan, plan and stream the model into the pool; commit; attach."""
@@ -334,7 +345,7 @@ def _stream(pool: Pool, path: str, name: str, partition: str | int, progress: bo
                     fd = fds[t.range.path] = onnxfile.open_source(scan, t.range.path)
                 writes.append(TensorWrite(t.name, t.dtype, shape, t.nbytes, fd=fd, offset=t.range.offset))
             else:
-                writes.append(TensorWrite(t.name, t.dtype, shape, t.nbytes, produce=t.convert))
+                writes.append(TensorWrite(t.name, t.dtype, shape, t.nbytes, produce=_bytes_of(t)))
         meta = {"format": 1, "source": scan.path, "ir_version": scan.ir_version,
                 "where": [t.where for t in refs], "inline": [t.name for t in refs if t.inline]}
         blob = _pack_meta(meta, scan.graph_bytes)
