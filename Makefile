@@ -30,9 +30,22 @@ SAN_OBJS := $(SRCS:driver/src/%.c=$(BUILD)/san/obj/%.o)
 SAN_TESTS := $(CTESTS_SRC:tests/c/%.c=$(BUILD)/san/tests/%)
 
 .SECONDARY:
-.PHONY: all lib ext test test-c test-py sanitize bench lint clean install uninstall
+.PHONY: all lib ext deps demo test test-c test-py sanitize bench lint clean install uninstall
 
 all: lib ext
+
+# Python packages the build, tests and benchmark need (once per requirements change)
+DEPS_STAMP := $(BUILD)/.deps-$(shell $(PYTHON) -c "import sys; print('%d.%d' % sys.version_info[:2])")
+deps: $(DEPS_STAMP)
+
+$(DEPS_STAMP): requirements-dev.txt
+	$(PYTHON) -m pip install -q -r requirements-dev.txt
+	@mkdir -p $(BUILD) && touch $@
+
+# The main job on the embedded tmpfs default: stream a sample model into the
+# default pool, attach from a second process, run inference, show the timings.
+demo: deps all
+	$(PYTHON) scripts/demo $(DEMO_ARGS)
 
 lib: $(SOLIB) $(ALIB)
 
@@ -54,7 +67,7 @@ EXT := pyaccel/_driver$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.ge
 
 ext: $(EXT)
 
-$(EXT): $(SRCS) $(HDRS) pyaccel/_driver.pyx pyaccel/_driver.pxd setup.py
+$(EXT): $(SRCS) $(HDRS) pyaccel/_driver.pyx pyaccel/_driver.pxd setup.py | $(DEPS_STAMP)
 	$(PYTHON) setup.py -q build_clib --force build_ext --inplace --force
 
 # C tests link the static library; exit 77 means skipped.
@@ -65,7 +78,7 @@ $(BUILD)/tests/%: tests/c/%.c tests/c/harness.h $(ALIB)
 test-c: $(CTESTS)
 	@tests/c/run.sh $(CTESTS)
 
-test-py: all
+test-py: deps all
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test: test-c test-py
@@ -83,7 +96,7 @@ sanitize: $(SAN_TESTS)
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	tests/c/run.sh $(SAN_TESTS)
 
-bench: all
+bench: deps all
 	$(PYTHON) -m bench $(BENCH_ARGS)
 
 lint:
@@ -91,6 +104,6 @@ lint:
 	$(PYTHON) -m mypy pyaccel || true
 
 clean:
-	rm -rf $(BUILD) build pyaccel/_driver.c pyaccel/*.so *.egg-info
+	rm -rf $(BUILD) build pyaccel/_driver.c pyaccel/*.so *.egg-info demo-data
 
 -include mk/install.mk

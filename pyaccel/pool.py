@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: Size of the default pool when it is created implicitly and no config says.
-DEFAULT_POOL_SIZE = 8 << 30
+DEFAULT_POOL_SIZE = 4 << 30
 
 
 def translate(exc: OSError, path: str, model: str | None = None) -> Exception:
@@ -578,7 +578,8 @@ def open_pool(
         opened as it is).  Files are made ``size`` bytes; devices are used
         whole.
     size : int, optional
-        Bytes for a new pool file.
+        Bytes for a new pool file (default: 4 GiB or half the free space of
+        the filesystem it goes on, whichever is less).
     partitions : mapping or sequence of (name, bytes), optional
         Split a new pool into named partitions; a size of 0 for the last one
         takes what is left.  Default: one partition, ``default``.
@@ -617,8 +618,8 @@ def open_pool(
         if not needs_create and not readonly:
             create = True
     spath = os.fspath(path)
-    if implicit and create and size is None:
-        size = _default_size(spath)
+    if create and not size:
+        size = _default_size(spath)  # ignored for devices: they are used whole
     if isinstance(partitions, Mapping):
         partitions = list(partitions.items())
     flags = 0

@@ -320,6 +320,15 @@ do_chunk(struct pa_stream *s, struct chunk *c, char **staging)
 	struct src_file *f;
 	int rc;
 
+	/*
+	 * Fault the destination in with one call: a pread into unmapped
+	 * pages takes a page fault per 4 KiB, which costs more than the copy
+	 * (see the brief: ~1.1 GB/s into fresh pages vs ~12 GB/s into mapped
+	 * ones).  A failure here is reported as what it is, not as a SIGBUS.
+	 */
+	rc = pa_map_populate(s->dst, io->dst_off + c->off, c->len, 1);
+	if (rc)
+		return rc;
 	if (io->fd < 0) {
 		c->crc = copy_crc(s, dst, (const char *)io->src + c->off,
 				  c->len);
