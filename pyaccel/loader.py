@@ -15,6 +15,8 @@ the pool without copying it (see :mod:`pyaccel.ortsession`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import struct
@@ -363,6 +365,28 @@ def _stream(pool: Pool, path: str, name: str, partition: str | int, progress: bo
     return _model_from_pool(pool, lease, mid, name, scan.path, t0, streamed=True)
 
 
+@contextlib.contextmanager
+def _loader_lock(source: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the model file while deciding to stream it and streaming.
+
+    Two processes that both find no copy in the pool would otherwise both
+    stream the model (the window is the whole scan, before the pool records a
+    load); with the lock the second one waits and then attaches to the first
+    one's copy.  The kernel drops the lock if the holder dies.  A file that
+    cannot be opened here is loaded without the lock (the scan reports why).
+    """
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def load_model(path: str | os.PathLike[str], pool: Pool | str | os.PathLike[str] | None = None, *,
                progress: bool | None = None, verify: bool = False, name: str | None = None,
                partition: str | int = 0) -> Model:
@@ -407,7 +431,11 @@ def load_model(path: str | os.PathLike[str], pool: Pool | str | os.PathLike[str]
     key = name or source
     model = _attach(pool, key, source, t0)
     if model is None:
-        model = _stream(pool, source, key, partition, progress, t0)
+        with _loader_lock(source):
+            # another process may have streamed it while this one waited for the lock
+            model = _attach(pool, key, source, t0)
+            if model is None:
+                model = _stream(pool, source, key, partition, progress, t0)
     if verify:
         bad = pool.verify(model.info.model_id)
         if bad:
