@@ -545,11 +545,34 @@ def _run_stream(stream: Any, progress: Callable[[int, int], None] | None) -> Non
         raise failure[0]
 
 
-def _choose_default() -> tuple[str, int | None, dict[str, int] | None, bool]:
-    from . import discover
+_default_choice: tuple[str, int | None, dict[str, int] | None, bool] | None = None
 
-    choice = discover.default_pool()
-    return choice.path, choice.size, choice.partitions or None, choice.needs_create
+
+def _choose_default() -> tuple[str, int | None, dict[str, int] | None, bool]:
+    """The default pool: (path, size, partitions, needs_create).
+
+    A path pinned by the configuration (``PYACCEL_POOL`` or a config file)
+    is taken as it is; otherwise device discovery chooses, once per process.
+    """
+    global _default_choice
+    from . import config
+
+    cfg = config.load()
+    if cfg.path:
+        import stat
+
+        try:
+            mode = os.stat(cfg.path).st_mode
+            raw = stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
+        except OSError:
+            raw = False
+        return cfg.path, cfg.size, cfg.partitions or None, raw
+    if _default_choice is None:
+        from . import discover
+
+        choice = discover.default_pool(config=cfg)
+        _default_choice = (choice.path, choice.size, choice.partitions or None, choice.needs_create)
+    return _default_choice
 
 
 def open_pool(
