@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import onnxfile
-from .errors import PoolCorruptError
+from .errors import PoolCorruptError, PyaccelError
 from .pool import Pool, TensorWrite, open_pool
 
 __all__ = ["load_model", "Model", "ModelInfo"]
@@ -238,6 +238,20 @@ def _unpack_meta(pool: Pool, blob: memoryview, name: str) -> tuple[dict, bytes]:
     return json.loads(bytes(blob[16:16 + n])), bytes(blob[16 + n:])
 
 
+def _changed_sources(sources: Sequence[tuple[str, int, int, int, int]]) -> list[str]:
+    """The paths among ``sources`` whose size, mtime, inode or device differ now (or that are gone)."""
+    out = []
+    for path, size, mtime_ns, ino, dev in sources:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(path)
+            continue
+        if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev) != (size, mtime_ns, ino, dev):
+            out.append(path)
+    return out
+
+
 def _source_unchanged(sources: Sequence[tuple[str, int, int, int, int]]) -> bool:
     for path, size, mtime_ns, ino, dev in sources:
         try:
@@ -356,6 +370,13 @@ def _stream(pool: Pool, path: str, name: str, partition: str | int, progress: bo
         try:
             mid, lease = pool.write_model(name, writes, sources=sources, meta=blob, partition=partition,
                                           progress=update)
+        except OSError as e:
+            changed = [] if isinstance(e, PyaccelError) else _changed_sources(sources)
+            if not changed:
+                raise
+            raise onnxfile.StaleSourceError(
+                changed[0], f"changed while it was being loaded ({e.strerror or e}); nothing was "
+                "committed to the pool: load it again") from e
         finally:
             if bar is not None:
                 bar.close()
