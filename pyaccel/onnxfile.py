@@ -1,7 +1,8 @@
 """Find every weight of an ONNX model without loading it.
 
-:func:`scan` walks the protobuf wire format of a ``ModelProto`` over an
-``mmap`` of the file.  It parses only the messages that can hold tensors
+:func:`scan` walks the protobuf wire format of a ``ModelProto`` in the file,
+read with ``pread`` block by block (never an mmap, so a file truncated
+while it is scanned is an error, not a SIGBUS).  It parses only the messages that can hold tensors
 (the model, graphs, nodes, attributes, tensors, sparse tensors and functions),
 skips every payload by its length prefix and reports, for each weight, either
 
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import mmap
 import os
 import platform
 import re
@@ -415,8 +415,62 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "start-group", 4: "end-group", 5: "fixed32"}
 
 
+class _PreadBuf:
+    """The model file, read with ``pread`` in blocks as the scan walks it.
+
+    Not an mmap: another process truncating the file while it is scanned
+    would turn an access of an mmap into a SIGBUS that kills the interpreter;
+    here it is a :class:`MalformedModelError`.  Only the blocks the scan
+    touches (field headers, names, small payloads) are read; a few are cached.
+    """
+
+    __slots__ = ("fd", "size", "path", "_blocks")
+    BLOCK = 1 << 16
+
+    def __init__(self, fd: int, size: int, path: str) -> None:
+        self.fd = fd
+        self.size = size
+        self.path = path
+        self._blocks: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _read(self, off: int, n: int) -> bytes:
+        data = os.pread(self.fd, n, off)
+        if len(data) < n:
+            raise MalformedModelError(self.path, f"the file ended at byte {off + len(data)} while being read; "
+                                                 "was it truncated by another process during the scan?")
+        return data
+
+    def block(self, k: int) -> bytes:
+        """Block ``k`` of the file (cached)."""
+        b = self._blocks.get(k)
+        if b is None:
+            if len(self._blocks) >= 32:
+                self._blocks.clear()
+            start = k * self.BLOCK
+            b = self._blocks[k] = self._read(start, min(self.BLOCK, self.size - start))
+        return b
+
+    def __getitem__(self, i: int | slice) -> int | bytes:
+        if isinstance(i, slice):
+            a, b = max(i.start or 0, 0), min(self.size if i.stop is None else i.stop, self.size)
+            if b <= a:
+                return b""
+            k, o = divmod(a, self.BLOCK)
+            if o + (b - a) <= self.BLOCK:
+                return self.block(k)[o:o + b - a]
+            return self._read(a, b - a)
+        k, o = divmod(i, self.BLOCK)
+        return self.block(k)[o]
+
+    def release(self) -> None:
+        self._blocks.clear()
+
+
 class _Wire:
-    """Protobuf wire-format reader over a buffer (an mmap, or bytes).
+    """Protobuf wire-format reader over a buffer (the file through pread, or bytes).
 
     Every method checks bounds and raises :class:`MalformedModelError`
     instead of ``IndexError``; nothing here copies a payload.
@@ -425,7 +479,7 @@ class _Wire:
     __slots__ = ("mv", "path", "size")
 
     def __init__(self, buf: object, path: str) -> None:
-        self.mv = memoryview(buf)  # type: ignore[arg-type]
+        self.mv = buf if isinstance(buf, _PreadBuf) else memoryview(buf)  # type: ignore[arg-type]
         self.size = len(self.mv)
         self.path = path
 
@@ -434,23 +488,23 @@ class _Wire:
 
     def varint(self, pos: int, end: int) -> tuple[int, int]:
         """Decode the varint at `pos`; return ``(value, position after it)``."""
-        mv = self.mv
+        # at most 10 bytes, fetched in one go (one pread block lookup)
+        window = self.mv[pos:min(end, pos + 10)]
         result = 0
         shift = 0
         start = pos
-        while True:
-            if pos >= end:
-                if end >= self.size:
-                    self.fail(start, "varint runs past the end of the file (truncated file?)")
-                self.fail(start, "varint runs past the end of its message")
-            b = mv[pos]
+        for b in window:
             pos += 1
             result |= (b & 0x7F) << shift
             if b < 0x80:
                 break
             shift += 7
-            if shift >= 70:
+        else:
+            if len(window) == 10:
                 self.fail(start, "varint longer than 10 bytes")
+            if end >= self.size:
+                self.fail(start, "varint runs past the end of the file (truncated file?)")
+            self.fail(start, "varint runs past the end of its message")
         if result >> 64:
             self.fail(start, "varint exceeds 64 bits")
         return result, pos
@@ -1806,13 +1860,12 @@ def scan(path: str | os.PathLike[str]) -> ScannedModel:
         if st.st_size == 0:
             raise MalformedModelError(apath, "empty file")
         dir_fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-        w = _Wire(mm, apath)
+        w = _Wire(_PreadBuf(fd, st.st_size, apath), apath)
         try:
             scan_ = _Scan(apath, w, fd, dir_fd, model_dir, st)
             skeleton, ir_version = scan_.model()
         finally:
-            _release(w, mm)
+            w.mv.release()
         return _finish(scan_, skeleton, ir_version, apath, model_dir)
     finally:
         if scan_ is not None:
@@ -1821,15 +1874,6 @@ def scan(path: str | os.PathLike[str]) -> ScannedModel:
         if dir_fd >= 0:
             os.close(dir_fd)
         os.close(fd)
-
-
-def _release(w: _Wire, mm: mmap.mmap) -> None:
-    """Unmap the model; a traceback still holding a view only delays that to garbage collection."""
-    try:
-        w.mv.release()
-        mm.close()
-    except BufferError:
-        pass
 
 
 def _finish(s: _Scan, skeleton: bytes, ir_version: int, path: str, model_dir: str) -> ScannedModel:

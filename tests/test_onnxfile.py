@@ -592,3 +592,22 @@ def test_scan_does_not_materialise_a_large_model(tmp_path):
         for f in os.listdir(d):
             os.unlink(os.path.join(d, f))
         os.rmdir(d)
+
+
+def test_file_shrinking_during_scan_is_an_error_not_sigbus(tmp_path) -> None:
+    """The scan reads with pread: a file cut short by another process mid-scan raises."""
+    from pyaccel.onnxfile import _PreadBuf
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(bytes(range(256)) * 400)  # 102400 bytes
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buf = _PreadBuf(fd, 102400, str(path))
+        assert buf[70000] == 70000 % 256
+        os.truncate(path, 30000)  # "another process" truncates it
+        with pytest.raises(MalformedModelError, match="truncated by another process"):
+            buf[100]  # a block not read before
+        with pytest.raises(MalformedModelError, match="truncated by another process"):
+            buf[50000:200000]
+    finally:
+        os.close(fd)
