@@ -307,3 +307,23 @@ def test_populate_and_properties(shm_dir: Path) -> None:
             m.populate(3 * MiB, 1)
         assert _driver.flush_method() in ("clwb", "clflushopt", "clflush", "none")
         assert m.fallback == ""
+
+
+@pytest.mark.devdax
+def test_fsdax_map_sync_or_visible_fallback() -> None:
+    """A file on a filesystem mounted with -o dax: MAP_SYNC, or a fallback that says so.
+
+    Its twin (a file on a disk filesystem, msync) is test_disk_file_mapping_uses_msync.
+    """
+    from pyaccel import discover
+
+    mounts = [d for d in discover.devices() if d.kind == "fsdax" and not getattr(d, "read_only", False)]
+    if not mounts:
+        pytest.skip("no filesystem mounted with -o dax here (needs pmem or CXL hardware)")
+    path = Path(mounts[0].path) / f"pyaccel-test-{os.getpid()}.map"  # pragma: no cover - needs hardware
+    try:
+        with _driver._Map(str(path), length=2 * MiB, flags=_driver.MAP_CREATE) as m:
+            assert m.kind == "fsdax"
+            assert (m.sync and m.granularity == "cache_line") or (not m.sync and m.fallback)
+    finally:
+        path.unlink(missing_ok=True)
