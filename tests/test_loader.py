@@ -388,3 +388,525 @@ def test_model_over_2gib_external():
     finally:
         gc.collect()
         shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# 3. Attach in other processes: no reading of the file; racing loaders
+# ---------------------------------------------------------------------------
+
+_CHILD_LOAD_RCHAR = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np, onnx, onnx.helper, pyaccel
+    import pyaccel.loader, pyaccel.pool, pyaccel.onnxfile  # every import done before measuring
+
+    def rchar():
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+
+    pool = pyaccel.open_pool(sys.argv[1])
+    pool.status()
+    r0 = rchar()
+    m = pyaccel.load_model(sys.argv[2], pool, progress=False)
+    r1 = rchar()
+    w = m.weights[sys.argv[3]]
+    print(json.dumps({"streamed": m.info.streamed, "seconds": m.info.seconds, "read": r1 - r0,
+                      "nbytes": m.info.nbytes, "crc": int(np.frombuffer(w, np.uint8).sum(dtype=np.uint64))}))
+    """
+)
+
+
+@pytest.mark.parametrize("layout", ["external", "embedded"])
+def test_attach_in_another_process_reads_nothing(shm_dir, layout):
+    """The first process streams (reading the whole file); the next one attaches reading (almost) nothing."""
+    gen = om.make_matmul_chain(str(shm_dir / "chain.onnx"), 4, 1024, external="chain.w" if layout == "external" else None)
+    pool_file = str(shm_dir / "p.pool")
+    _new_pool(shm_dir).close()
+    first = json.loads(run_python(_CHILD_LOAD_RCHAR, pool_file, gen.path, "W3").stdout)
+    second = json.loads(run_python(_CHILD_LOAD_RCHAR, pool_file, gen.path, "W3").stdout)
+    model_bytes = 4 * 1024 * 1024 * 4
+    assert first["streamed"] is True and first["nbytes"] == model_bytes
+    assert first["read"] >= model_bytes  # rchar does count the streaming reads
+    assert second["streamed"] is False and second["nbytes"] == model_bytes
+    assert second["read"] < min(64 * 1024, model_bytes // 100), second
+    assert second["crc"] == first["crc"]
+    print(f"\n{layout} 16 MiB: streamed in {first['seconds'] * 1e3:.1f} ms reading {first['read']} B; "
+          f"attached in {second['seconds'] * 1e3:.2f} ms reading {second['read']} B")
+
+
+_CHILD_RACE = textwrap.dedent(
+    """
+    import hashlib, json, os, sys, time
+    import numpy as np, onnxruntime, pyaccel, pyaccel.loader, pyaccel.ortsession
+    pool = pyaccel.open_pool(sys.argv[1])
+    print("ready", flush=True)
+    while not os.path.exists(sys.argv[3]):
+        time.sleep(0.001)
+    m = pyaccel.load_model(sys.argv[2], pool, progress=False)
+    x = np.full((2, 1024), 0.01, np.float32)
+    so = onnxruntime.SessionOptions(); so.intra_op_num_threads = 1
+    out = m.session(so, providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    weights = hashlib.sha256(b"".join(m.weights[k].tobytes() for k in sorted(m.weights))).hexdigest()
+    print(json.dumps({"streamed": m.info.streamed, "seconds": m.info.seconds, "id": m.info.model_id,
+                      "out": hashlib.sha256(out.tobytes()).hexdigest(), "weights": weights}), flush=True)
+    """
+)
+
+
+def test_racing_loaders_stream_once(shm_dir):
+    """4 processes load the same new model at once: one streams, three attach, one copy in the pool."""
+    gen = om.make_matmul_chain(str(shm_dir / "race.onnx"), 8, 1024, external="race.w")  # 32 MiB
+    pool_file = str(shm_dir / "p.pool")
+    _new_pool(shm_dir, 192 * MiB).close()
+    go = str(shm_dir / "go")
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD_RACE, pool_file, gen.path, go], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=python_env()) for _ in range(4)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        Path(go).touch()
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+            results.append(json.loads(out))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert sorted(r["streamed"] for r in results) == [False, False, False, True], results
+    assert len({r["id"] for r in results}) == 1
+    assert len({r["weights"] for r in results}) == 1 and len({r["out"] for r in results}) == 1
+    names, ref = _reference(gen.path, {"X": np.full((2, 1024), 0.01, np.float32)})
+    assert results[0]["out"] == hashlib.sha256(ref[0].tobytes()).hexdigest()
+    with pyaccel.open_pool(pool_file) as pool:
+        versions = pool.models(all_versions=True)
+        assert [(m.name, m.state) for m in versions] == [(os.path.realpath(gen.path), "ready")]
+        assert pool.status().used < 2 * 32 * MiB
+        assert pool.fsck().problems == 0
+    print("\nrace: " + ", ".join(f"{'streamed' if r['streamed'] else 'attached'} {r['seconds'] * 1e3:.0f} ms"
+                                 for r in results))
+
+
+# ---------------------------------------------------------------------------
+# 4. Coherence: a changed source is streamed again, held arrays keep their bytes
+# ---------------------------------------------------------------------------
+
+
+def _ext_model(d: Path, w: np.ndarray, name: str = "m.onnx", location: str = "w.bin") -> str:
+    """Y = X @ W with W (float32, 2-D) in an external file."""
+    d.mkdir(parents=True, exist_ok=True)
+    t = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=list(w.shape))
+    om._set_external(t, location, 0, w.nbytes)
+    g = helper.make_graph([helper.make_node("MatMul", ["X", "W"], ["Y"])], "g",
+                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, w.shape[0]])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], [t])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    _write_float_ext(str(d / location), w)
+    path = str(d / name)
+    onnx.save(m, path)
+    return path
+
+
+def _w(seed: int, shape=(256, 128)) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _x(n: int = 256) -> dict:
+    return {"X": np.linspace(-1, 1, 2 * n, dtype=np.float32).reshape(2, n)}
+
+
+def _rewrite_in_place(path: str, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+@pytest.mark.parametrize("change", ["rewrite_weight", "touch_mtime", "replace_external_file", "rewrite_embedded_weight"])
+def test_changed_source_streams_a_new_version(shm_dir, shm_pool, change):
+    old_w, new_w = _w(1), _w(2)
+    if change == "rewrite_embedded_weight":
+        path = str(shm_dir / "emb.onnx")
+        g = helper.make_graph([helper.make_node("MatMul", ["X", "W"], ["Y"])], "g",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 256])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(old_w, "W")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        onnx.save(m, path)
+        data_file = path
+        offset = onnxfile.scan(path).tensor("W").range.offset
+    else:
+        path = _ext_model(shm_dir / "m", old_w)
+        data_file = str(shm_dir / "m" / "w.bin")
+        offset = 0
+    first = pyaccel.load_model(path, shm_pool, progress=False)
+    assert first.info.streamed
+    held = first.weights["W"]
+    sess_old = first.session(_opts(), providers=CPU)
+    y_old = sess_old.run(None, _x())[0]
+    assert np.array_equal(held, old_w)
+
+    if change == "touch_mtime":
+        st = os.stat(data_file)
+        os.utime(data_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        want = old_w
+    elif change == "replace_external_file":
+        tmp = str(shm_dir / "m" / "w.bin.new")
+        _write_float_ext(tmp, new_w)
+        os.replace(tmp, data_file)
+        want = new_w
+    else:  # same size, same inode, rewritten in place
+        size = os.path.getsize(data_file)
+        _rewrite_in_place(data_file, offset, new_w.tobytes())
+        assert os.path.getsize(data_file) == size
+        want = new_w
+
+    second = pyaccel.load_model(path, shm_pool, progress=False)
+    assert second.info.streamed, "a changed source must be streamed again"
+    assert second.info.model_id != first.info.model_id
+    assert np.array_equal(second.weights["W"], want)
+    _check_outputs(second, path, _x())
+    # the old version is still there for its holders, with its old bytes
+    assert np.array_equal(held, old_w)
+    assert _same(sess_old.run(None, _x())[0], y_old)
+    versions = {m.id: m for m in shm_pool.models(all_versions=True)}
+    assert versions[first.info.model_id].superseded and not versions[second.info.model_id].superseded
+    assert shm_pool.model(os.path.realpath(path)).id == second.info.model_id
+    # another process gets the new version, without streaming it again
+    code = textwrap.dedent(
+        """
+        import sys, json, numpy as np, pyaccel
+        m = pyaccel.load_model(sys.argv[2], sys.argv[1], progress=False)
+        print(json.dumps({"streamed": m.info.streamed, "id": m.info.model_id, "w": m.weights["W"].tobytes().hex()}))
+        """
+    )
+    r = json.loads(run_python(code, shm_pool.path, path).stdout)
+    assert r["streamed"] is False and r["id"] == second.info.model_id
+    assert bytes.fromhex(r["w"]) == want.tobytes()
+    # once the old holders are gone, nothing uses the old version any more
+    first_id = first.info.model_id
+    assert versions[first_id].in_use
+    first.close()
+    del held, sess_old, first
+    gc.collect()
+    versions = {m.id: m for m in shm_pool.models(all_versions=True)}
+    assert first_id not in versions or not versions[first_id].in_use
+    assert versions[second.info.model_id].in_use
+
+
+def test_changed_source_never_attaches_while_a_reader_holds_the_old(shm_dir, shm_pool):
+    """Changed twice while old versions are held: every load returns the file's current bytes."""
+    path = _ext_model(shm_dir / "m", _w(10))
+    held = []
+    for seed in (10, 11, 12):
+        if seed != 10:
+            _rewrite_in_place(str(shm_dir / "m" / "w.bin"), 0, _w(seed).tobytes())
+        m = pyaccel.load_model(path, shm_pool, progress=False)
+        assert np.array_equal(m.weights["W"], _w(seed))
+        held.append((seed, m.weights["W"]))
+        again = pyaccel.load_model(path, shm_pool, progress=False)
+        assert not again.info.streamed and again.info.model_id == m.info.model_id
+    for seed, a in held:
+        assert np.array_equal(a, _w(seed))
+
+
+def test_deleted_source_is_not_served_from_the_pool(shm_dir, shm_pool):
+    path = _ext_model(shm_dir / "m", _w(3))
+    pyaccel.load_model(path, shm_pool, progress=False).close()
+    os.unlink(path)
+    with pytest.raises(FileNotFoundError):
+        pyaccel.load_model(path, shm_pool, progress=False)
+    # the external file gone: the model file is refused, not attached to the old copy
+    path = _ext_model(shm_dir / "m", _w(3))
+    pyaccel.load_model(path, shm_pool, progress=False).close()
+    os.unlink(str(shm_dir / "m" / "w.bin"))
+    with pytest.raises(ExternalDataError, match="does not exist"):
+        pyaccel.load_model(path, shm_pool, progress=False)
+
+
+# ---------------------------------------------------------------------------
+# 5. Bad input: a clear pyaccel error, the pool as it was
+# ---------------------------------------------------------------------------
+
+
+def _identity_model(tensors: list[TensorProto]) -> onnx.ModelProto:
+    nodes = [helper.make_node("Identity", [t.name], [f"out_{t.name}"]) for t in tensors]
+    outs = [helper.make_tensor_value_info(f"out_{t.name}", t.data_type, None) for t in tensors]
+    m = helper.make_model(helper.make_graph(nodes, "g", [], outs, tensors), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _save_model(m: onnx.ModelProto, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(m.SerializeToString())
+    return str(path)
+
+
+def _ext_tensor(location: str, n: int = 300, offset: int = 0, length: int | None = None) -> TensorProto:
+    t = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[n])
+    om._set_external(t, location, offset, 4 * n if length is None else length)
+    return t
+
+
+def _bad_truncated(d: Path) -> str:
+    data = Path(om.make_embedded(str(d / "src")).path).read_bytes()
+    p = d / "truncated.onnx"
+    p.write_bytes(data[: len(data) // 2])
+    return str(p)
+
+
+def _bad_protobuf(d: Path) -> str:
+    p = d / "garbage.onnx"
+    p.write_bytes(b"\x08\x08\x3a" + b"\xff" * 11)  # ir_version 8, then a varint longer than 10 bytes
+    return str(p)
+
+
+def _bad_not_onnx(d: Path) -> str:
+    p = d / "text.onnx"
+    p.write_bytes(b"this is not a model\n" * 10)
+    return str(p)
+
+
+def _bad_length_past_end(d: Path) -> str:
+    np.arange(300, dtype=np.float32).tofile(str(d / "w.bin"))
+    return _save_model(_identity_model([_ext_tensor("w.bin", offset=8)]), d / "model.onnx")
+
+
+def _bad_offset_past_end(d: Path) -> str:
+    np.arange(300, dtype=np.float32).tofile(str(d / "w.bin"))
+    return _save_model(_identity_model([_ext_tensor("w.bin", offset=5000)]), d / "model.onnx")
+
+
+def _bad_raw_length(d: Path) -> str:
+    t = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[10, 10], raw_data=b"\0" * 396)
+    return _save_model(_identity_model([t]), d / "model.onnx")
+
+
+def _bad_external_length(d: Path) -> str:
+    np.arange(300, dtype=np.float32).tofile(str(d / "w.bin"))
+    return _save_model(_identity_model([_ext_tensor("w.bin", length=1196)]), d / "model.onnx")
+
+
+def _bad_typed_count(d: Path) -> str:
+    t = helper.make_tensor("W", TensorProto.INT64, [5], [1, 2, 3, 4, 5])
+    t.dims[0] = 6
+    return _save_model(_identity_model([t]), d / "model.onnx")
+
+
+def _bad_traversal(d: Path) -> str:
+    np.zeros(300, np.float32).tofile(str(d / "w.bin"))
+    return _save_model(_identity_model([_ext_tensor("../w.bin")]), d / "m" / "model.onnx")
+
+
+def _bad_absolute(d: Path) -> str:
+    np.zeros(300, np.float32).tofile(str(d / "w.bin"))
+    return _save_model(_identity_model([_ext_tensor(str(d / "w.bin"))]), d / "m" / "model.onnx")
+
+
+def _bad_symlink_file(d: Path) -> str:
+    (d / "outside").mkdir()
+    np.zeros(300, np.float32).tofile(str(d / "outside" / "w.bin"))
+    (d / "m").mkdir()
+    os.symlink(str(d / "outside" / "w.bin"), str(d / "m" / "w.bin"))
+    return _save_model(_identity_model([_ext_tensor("w.bin")]), d / "m" / "model.onnx")
+
+
+def _bad_symlink_parent(d: Path) -> str:
+    (d / "outside").mkdir()
+    np.zeros(300, np.float32).tofile(str(d / "outside" / "w.bin"))
+    (d / "m").mkdir()
+    os.symlink(str(d / "outside"), str(d / "m" / "sub"))
+    return _save_model(_identity_model([_ext_tensor("sub/w.bin")]), d / "m" / "model.onnx")
+
+
+def _bad_hard_link(d: Path) -> str:
+    (d / "m").mkdir()
+    np.zeros(300, np.float32).tofile(str(d / "secret.bin"))
+    os.link(str(d / "secret.bin"), str(d / "m" / "w.bin"))
+    return _save_model(_identity_model([_ext_tensor("w.bin")]), d / "m" / "model.onnx")
+
+
+def _bad_missing_external(d: Path) -> str:
+    return _save_model(_identity_model([_ext_tensor("w.bin")]), d / "model.onnx")
+
+
+BAD_INPUTS = {
+    "truncated": (_bad_truncated, MalformedModelError, r"truncated|malformed protobuf|no graph"),
+    "malformed_protobuf": (_bad_protobuf, MalformedModelError, "varint longer than 10 bytes"),
+    "not_onnx": (_bad_not_onnx, MalformedModelError, "malformed protobuf at byte 0"),
+    "length_past_end": (_bad_length_past_end, ExternalDataError,
+                        r"offset 8 \+ length 1200 is past the end of the file \(1200 bytes\)"),
+    "offset_past_end": (_bad_offset_past_end, ExternalDataError, "offset 5000 is past the end of the file"),
+    "raw_length_vs_dtype_shape": (_bad_raw_length, MalformedModelError,
+                                  r"raw_data holds 396 bytes but FLOAT x \(10, 10\) needs 400"),
+    "external_length_vs_dtype_shape": (_bad_external_length, ExternalDataError,
+                                       "length 1196 does not match dtype x shape = 1200 bytes"),
+    "typed_count_vs_shape": (_bad_typed_count, MalformedModelError, r"int64_data holds 5 values but INT64 x \(6,\) needs 6"),
+    "traversal": (_bad_traversal, ExternalDataError, r"contains '\.\.'"),
+    "absolute_path": (_bad_absolute, ExternalDataError, "is an absolute path"),
+    "symlink_escape_file": (_bad_symlink_file, ExternalDataError, r"symbolic link \(the file itself\)"),
+    "symlink_escape_parent": (_bad_symlink_parent, ExternalDataError, r"symbolic link \(its component 'sub'\)"),
+    "hard_link": (_bad_hard_link, ExternalDataError, "has 2 hard links"),
+    "missing_external": (_bad_missing_external, ExternalDataError, "external data file 'w.bin' does not exist"),
+}
+
+
+@pytest.fixture
+def busy_pool(shm_dir: Path, models_dir: Path) -> Iterator[pyaccel.Pool]:
+    """A pool already holding a model (so that 'as it was' is not just 'empty')."""
+    pool = _new_pool(shm_dir)
+    gen = _gen(models_dir, "external_one_file")
+    pyaccel.load_model(gen.path, pool, progress=False).close()
+    gc.collect()
+    try:
+        yield pool
+    finally:
+        gc.collect()
+        pool.close()
+
+
+def _assert_pool_intact(pool: pyaccel.Pool, before: dict, generation_too: bool = True) -> None:
+    after = _snapshot(pool)
+    if generation_too:
+        assert after == before
+    else:
+        _unchanged_except_generation(before, after)
+    assert pool.fsck().problems == 0
+    assert pool.verify() == []
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input(tmp_path, busy_pool, case):
+    make, cls, message = BAD_INPUTS[case]
+    path = make(tmp_path)
+    before = _snapshot(busy_pool)
+    with pytest.raises(cls, match=message) as info:
+        pyaccel.load_model(path, busy_pool, progress=False)
+    assert isinstance(info.value, PyaccelError)
+    err = info.value
+    assert err.path.startswith(str(tmp_path)), err.path  # names the file at fault
+    assert err.path in str(err)
+    if cls is ExternalDataError or case.endswith("dtype_shape") or case == "typed_count_vs_shape":
+        assert err.tensor == "W" and "'W'" in str(err)
+    # scanning fails before the pool is touched: not even the generation moves
+    _assert_pool_intact(busy_pool, before)
+
+
+def test_bad_input_replacing_a_loaded_model(tmp_path, busy_pool):
+    """A model in the pool whose file is then broken: refused, and the old copy is not handed out."""
+    d = tmp_path / "m"
+    path = _ext_model(d, _w(4))
+    pyaccel.load_model(path, busy_pool, progress=False).close()
+    gc.collect()
+    before = _snapshot(busy_pool)
+    Path(path).write_bytes(Path(path).read_bytes()[:-7])
+    with pytest.raises(MalformedModelError):
+        pyaccel.load_model(path, busy_pool, progress=False)
+    _assert_pool_intact(busy_pool, before)
+    # external data file shrunk: refused too
+    path = _ext_model(d, _w(4))
+    pyaccel.load_model(path, busy_pool, progress=False).close()
+    gc.collect()
+    before = _snapshot(busy_pool)
+    os.truncate(str(d / "w.bin"), 1000)
+    with pytest.raises(ExternalDataError, match="past the end of the file"):
+        pyaccel.load_model(path, busy_pool, progress=False)
+    _assert_pool_intact(busy_pool, before)
+
+
+def test_pool_too_small(tmp_path, busy_pool):
+    gen = om.make_matmul_chain(str(tmp_path / "big.onnx"), 2, 3072, external="big.w")  # 72 MiB > the 64 MiB pool
+    before = _snapshot(busy_pool)
+    with pytest.raises(PoolFullError, match=r"needs \d+ bytes") as info:
+        pyaccel.load_model(gen.path, busy_pool, progress=False)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    assert busy_pool.path in str(info.value)
+    _assert_pool_intact(busy_pool, before)
+
+
+def test_pool_full_of_models_in_use(tmp_path, shm_pool):
+    """The space is held by a model a process uses: PoolFullError, and that model stays intact."""
+    a = om.make_matmul_chain(str(tmp_path / "a.onnx"), 1, 3072, external="a.w")  # 36 MiB
+    b = om.make_matmul_chain(str(tmp_path / "b.onnx"), 1, 3072, external="b.w")
+    held = pyaccel.load_model(a.path, shm_pool, progress=False)
+    before = _snapshot(shm_pool)
+    with pytest.raises(PoolFullError, match="in use"):
+        pyaccel.load_model(b.path, shm_pool, progress=False)
+    _assert_pool_intact(shm_pool, before)
+    _check_outputs(held, a.path, a.feeds)
+    # once nobody uses it, the LRU model makes room
+    held.close()
+    del held
+    gc.collect()
+    m = pyaccel.load_model(b.path, shm_pool, progress=False)
+    assert m.info.streamed
+    assert [r.name for r in shm_pool.models()] == [os.path.realpath(b.path)]
+
+
+def _truncate_before_streaming(monkeypatch, victim: str, size: int) -> None:
+    """Shrink `victim` after the scan (and after the loader opened it), as write_model starts."""
+    real = pool_mod.Pool.write_model
+
+    def write_model(self, *a, **kw):
+        os.truncate(victim, size)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(pool_mod.Pool, "write_model", write_model)
+
+
+@pytest.mark.parametrize("layout", ["external", "embedded", "converted"])
+def test_source_truncated_after_scan(tmp_path, busy_pool, monkeypatch, layout):
+    """The file shrinks between the scan and the streaming: a StaleSourceError naming it, no half model."""
+    if layout == "external":
+        gen = om.make_matmul_chain(str(tmp_path / "c.onnx"), 4, 512, external="c.w")
+        victim = gen.files[1]
+    elif layout == "embedded":
+        gen = om.make_matmul_chain(str(tmp_path / "c.onnx"), 4, 512, external=None)
+        victim = gen.path
+    else:  # only tensors that are converted when streamed (sparse): the produce path reads the file
+        gen = om.make_sparse(str(tmp_path))
+        victim = gen.path
+    before = _snapshot(busy_pool)
+    _truncate_before_streaming(monkeypatch, victim, os.path.getsize(victim) // 2)
+    with pytest.raises(StaleSourceError, match="changed") as info:
+        pyaccel.load_model(gen.path, busy_pool, progress=False)
+    assert isinstance(info.value, ModelError) and info.value.path == victim
+    monkeypatch.undo()
+    # the load was begun in the pool's catalog and dropped: only the generation moved
+    _assert_pool_intact(busy_pool, before, generation_too=False)
+    assert busy_pool.status().n_loading == 0
+
+
+def test_source_changed_between_scan_and_open(tmp_path, busy_pool, monkeypatch):
+    """The external file is replaced right after the scan: refused when the loader opens it."""
+    gen = om.make_matmul_chain(str(tmp_path / "c.onnx"), 2, 512, external="c.w")
+    real_scan = onnxfile.scan
+
+    def scan(path):
+        s = real_scan(path)
+        tmp = gen.files[1] + ".new"
+        shutil.copyfile(gen.files[1], tmp)
+        os.replace(tmp, gen.files[1])  # same bytes, another inode
+        return s
+
+    monkeypatch.setattr(onnxfile, "scan", scan)
+    before = _snapshot(busy_pool)
+    with pytest.raises(StaleSourceError, match="changed since it was scanned"):
+        pyaccel.load_model(gen.path, busy_pool, progress=False)
+    _assert_pool_intact(busy_pool, before)
+    monkeypatch.undo()
+    m = pyaccel.load_model(gen.path, busy_pool, progress=False)
+    _check_outputs(m, gen.path, gen.feeds)
+
+
+def test_missing_model_file(tmp_path, busy_pool):
+    before = _snapshot(busy_pool)
+    with pytest.raises(FileNotFoundError):
+        pyaccel.load_model(str(tmp_path / "nope.onnx"), busy_pool)
+    _assert_pool_intact(busy_pool, before)
