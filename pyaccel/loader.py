@@ -118,11 +118,12 @@ class Model:
     """
 
     def __init__(self, pool: Pool, lease: Any, model_id: int, meta: dict, graph_bytes: bytes,
-                 table: Sequence[tuple], info: ModelInfo) -> None:
+                 ranges: bytes, table: Sequence[tuple], info: ModelInfo) -> None:
         self._pool = pool
         self._lease = lease
         self._meta = meta
         self._graph_bytes = graph_bytes
+        self._ranges = ranges
         self._weights: _Weights | None = _Weights(pool, lease, table)
         self._graph: Any = None
         self._session: Any = None
@@ -187,7 +188,10 @@ class Model:
         from .ortsession import make_session
 
         self._check_open()
-        return make_session(self._graph_bytes, self.weights, sess_options, providers, prepack)
+        # where a weight's pool memory is no regular file (device-DAX), the
+        # source file's own bytes serve onnxruntime's optimizers instead
+        backing = {k: tuple(v) for k, v in json.loads(self._ranges or b"{}").items()}
+        return make_session(self._graph_bytes, self.weights, sess_options, providers, prepack, backing)
 
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any], **kw: Any) -> list[Any]:
         """``session.run`` on a session made (once) with the default options."""
@@ -224,18 +228,25 @@ class Model:
 # -- the meta blob: what the loader keeps beside the tensors -------------------
 
 
-def _pack_meta(meta: dict, graph_bytes: bytes) -> bytes:
+# The blob: magic, three lengths, then a small JSON header, the weight-less
+# graph, and a JSON map of each weight's byte range in the source (read only
+# when a session needs it, so that attaching stays cheap for 10k tensors).
+
+
+def _pack_meta(meta: dict, graph_bytes: bytes, ranges: dict) -> bytes:
     js = json.dumps(meta, separators=(",", ":")).encode()
-    return _META_MAGIC + struct.pack("<Q", len(js)) + js + graph_bytes
+    rs = json.dumps(ranges, separators=(",", ":")).encode()
+    return _META_MAGIC + struct.pack("<QQQ", len(js), len(graph_bytes), len(rs)) + js + graph_bytes + rs
 
 
-def _unpack_meta(pool: Pool, blob: memoryview, name: str) -> tuple[dict, bytes]:
-    if bytes(blob[:8]) != _META_MAGIC or len(blob) < 16:
+def _unpack_meta(pool: Pool, blob: memoryview, name: str) -> tuple[dict, bytes, bytes]:
+    if len(blob) < 32 or bytes(blob[:8]) != _META_MAGIC:
         raise PoolCorruptError(pool.path, f"model {name!r}: its graph record is not pyaccel's")
-    (n,) = struct.unpack("<Q", blob[8:16])
-    if 16 + n > len(blob):
+    nj, ng, nr = struct.unpack("<QQQ", blob[8:32])
+    if 32 + nj + ng + nr != len(blob):
         raise PoolCorruptError(pool.path, f"model {name!r}: its graph record is truncated")
-    return json.loads(bytes(blob[16:16 + n])), bytes(blob[16 + n:])
+    meta = json.loads(bytes(blob[32:32 + nj]))
+    return meta, bytes(blob[32 + nj:32 + nj + ng]), bytes(blob[32 + nj + ng:])
 
 
 def _changed_sources(sources: Sequence[tuple[str, int, int, int, int]]) -> list[str]:
@@ -305,13 +316,13 @@ def _model_from_pool(pool: Pool, lease: Any, model_id: int, name: str, source: s
     drv = pool._drv
     rec = drv.model_get(model_id)
     blob = memoryview(lease)[rec["meta_offset"]:rec["meta_offset"] + rec["meta_length"]]
-    meta, graph_bytes = _unpack_meta(pool, blob, name)
+    meta, graph_bytes, ranges = _unpack_meta(pool, blob, name)
     del blob
     table = drv.tensors(model_id)
     info = ModelInfo(name=name, source=source, nbytes=rec["bytes"], n_tensors=rec["n_tensors"],
                      streamed=streamed, seconds=time.perf_counter() - t0, pool=pool.path,
                      model_id=model_id, direct_bytes=direct_bytes)
-    return Model(pool, lease, model_id, meta, graph_bytes, table, info)
+    return Model(pool, lease, model_id, meta, graph_bytes, ranges, table, info)
 
 
 def _progress_bar(enabled: bool | None, total: int, name: str) -> tuple[Callable[[int, int], None] | None, Any]:
@@ -362,9 +373,9 @@ def _stream(pool: Pool, path: str, name: str, partition: str | int, progress: bo
                 writes.append(TensorWrite(t.name, t.dtype, shape, t.nbytes, fd=fd, offset=t.range.offset))
             else:
                 writes.append(TensorWrite(t.name, t.dtype, shape, t.nbytes, produce=_bytes_of(t)))
-        meta = {"format": 1, "source": scan.path, "ir_version": scan.ir_version,
-                "where": [t.where for t in refs], "inline": [t.name for t in refs if t.inline]}
-        blob = _pack_meta(meta, scan.graph_bytes)
+        meta = {"format": 1, "source": scan.path, "ir_version": scan.ir_version}
+        ranges = {t.name: [t.range.path, t.range.offset] for t in refs if t.range is not None}
+        blob = _pack_meta(meta, scan.graph_bytes, ranges)
         sources = [tuple(s) for s in scan.sources]
         update, bar = _progress_bar(progress, sum(t.nbytes for t in refs), path)
         try:

@@ -230,6 +230,7 @@ def make_session(
     sess_options: ort.SessionOptions | None = None,
     providers: Sequence[str | tuple[str, dict]] | None = None,
     prepack: bool = False,
+    backing: Mapping[str, tuple[str, int]] | None = None,
 ) -> ort.InferenceSession:
     """Build an onnxruntime session whose weights are `arrays`, without copying them.
 
@@ -258,6 +259,12 @@ def make_session(
         Let onnxruntime prepack weights (``False`` by default).  Prepacking
         makes a private copy of each MatMul/Conv weight in every process --
         about the model's size again -- and is faster for batches > 1.
+    backing : mapping of str to (str, int), optional
+        For arrays whose memory no regular file backs (a device-DAX pool, a
+        char device), a file and offset holding the very same bytes -- the
+        model's own file or external data, unchanged since the pool was
+        filled.  onnxruntime reads those only for the tensors its optimizers
+        transform; without it such arrays are embedded in the graph (copied).
 
     Returns
     -------
@@ -279,7 +286,7 @@ def make_session(
     except DecodeError as e:
         raise MalformedModelError("<graph_bytes>", f"does not decode as a ModelProto: {e}") from e
     so = sess_options if sess_options is not None else ort.SessionOptions()
-    binding = _bind(model, arrays)
+    binding = _bind(model, arrays, backing or {})
     for name, ov in binding.ortvalues.items():
         so.add_initializer(name, ov)
     _set_config(so, _PREPACK_KEY, "0" if prepack else "1")
@@ -299,7 +306,17 @@ def _set_config(so: ort.SessionOptions, key: str, value: str) -> None:
     so.add_session_config_entry(key, value)
 
 
-def _bind(model: ModelProto, arrays: Mapping[str, np.ndarray]) -> SessionBinding:
+def _file_holds(path: str, offset: int, nbytes: int) -> bool:
+    """Whether path is a regular file with at least offset + nbytes bytes."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and offset + nbytes <= st.st_size
+
+
+def _bind(model: ModelProto, arrays: Mapping[str, np.ndarray],
+          backing: Mapping[str, tuple[str, int]]) -> SessionBinding:
     """Point every stripped initializer of `model` at its array; make the OrtValues."""
     binding = SessionBinding()
     inits = {t.name: t for t in _all_initializers(model.graph)}  # subgraph weights too; names are unique
@@ -329,6 +346,10 @@ def _bind(model: ModelProto, arrays: Mapping[str, np.ndarray]) -> SessionBinding
             if maps is None:
                 maps = _Maps()
             where = maps.backing(arr) if arr.nbytes and not subbyte else None
+            if where is None and arr.nbytes and not subbyte and name in backing:
+                path, off = backing[name]
+                if _file_holds(path, off, arr.nbytes):
+                    where = (os.path.realpath(path), off)
             if where is None:
                 _embed(t, arr)
                 if name not in copied:

@@ -319,3 +319,39 @@ def test_ir3_initializers_stay_inputs(tmp_path):
     g = s.graph().graph
     assert "W" in {i.name for i in g.input} and "C" not in {i.name for i in g.input}
     assert [i.name for i in sess.get_inputs()] == ["X"]
+
+
+def test_backing_serves_arrays_no_file_backs(tmp_path) -> None:
+    """Arrays in memory no regular file backs (as on a device-DAX pool) stay zero-copy
+    when ``backing`` names the source bytes; without it they are embedded."""
+    import onnxruntime as ort
+
+    from pyaccel import onnxfile
+    from pyaccel.ortsession import make_session, session_binding
+
+    g = om.make_external_one_file(str(tmp_path))
+    scan = onnxfile.scan(g.path)
+    anon = {}
+    for t in scan.tensors:
+        a = np.empty(t.shape, dtype=t.np_dtype)  # anonymous memory, like a char-device mapping
+        a[...] = om.array_of(t)
+        a.flags.writeable = False
+        anon[t.name] = a
+    backing = {t.name: (t.range.path, t.range.offset) for t in scan.tensors if t.range is not None}
+
+    def run(**kw):
+        so = ort.SessionOptions()
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        s = make_session(scan.graph_bytes, anon, so, **kw)
+        return s, s.run(None, g.feeds)
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.disable_prepacking", "1")
+    want = ort.InferenceSession(g.path, so).run(None, g.feeds)
+    s1, out1 = run()
+    s2, out2 = run(backing=backing)
+    big = [t.name for t in scan.tensors if not t.inline]
+    assert set(big) <= set(session_binding(s1).copied)
+    assert not set(big) & set(session_binding(s2).copied)
+    for got in (out1, out2):
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(got, want))
