@@ -79,7 +79,13 @@ def human_size(n: int | None) -> str:
 
 
 def _ms(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e3:.3f} ms"
     return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.2f} s"
+
+
+def _rate(nbytes: int, seconds: float) -> str:
+    return f"{human_size(int(nbytes / seconds))}/s" if seconds > 0 else "-"
 
 
 def _ago(ns: int) -> str:
@@ -423,8 +429,8 @@ def cmd_pool_fsck(a: argparse.Namespace) -> int:
 
 
 def cmd_pool_verify(a: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
     with _open_existing(a.path, readonly=True) as pool:
+        t0 = time.perf_counter()
         if a.model is not None:
             recs = [_find(pool, a.model)]
             bad = pool.verify(recs[0].id)
@@ -432,7 +438,7 @@ def cmd_pool_verify(a: argparse.Namespace) -> int:
             recs = pool.models(all_versions=True)
             bad = pool.verify()
         n_tensors = sum(r.n_tensors for r in recs)
-        nbytes = sum(r.stored for r in recs)
+        nbytes = sum(r.bytes for r in recs)
     dt = time.perf_counter() - t0
     if a.json:
         _emit_json({"path": pool.path, "model": a.model, "models": len(recs), "tensors": n_tensors,
@@ -462,10 +468,9 @@ def _info_dict(info: Any) -> dict[str, Any]:
 
 def _describe_load(info: Any) -> str:
     if info.streamed:
-        rate = info.nbytes / info.seconds / 1e9 if info.seconds > 0 else 0.0
         direct = f", {human_size(info.direct_bytes)} with O_DIRECT" if info.direct_bytes else ""
         return (f"streamed {info.n_tensors} tensors, {human_size(info.nbytes)} in {_ms(info.seconds)} "
-                f"({rate:.2f} GB/s{direct})")
+                f"({_rate(info.nbytes, info.seconds)}{direct})")
     return (f"attached to {info.n_tensors} tensors, {human_size(info.nbytes)} already in the pool, "
             f"in {_ms(info.seconds)} (the file's weights were not read)")
 
@@ -500,7 +505,7 @@ def cmd_ls(a: argparse.Namespace) -> int:
         name = r.name if (r.source is None or r.source == r.name) else f"{r.name} (from {r.source})"
         rows.append((r.id, human_size(r.bytes), human_size(r.stored), r.n_tensors, r.partition, state,
                      "yes" if r.in_use else "no", _ago(r.last_used_ns), name))
-    print(_table(["ID", "SIZE", "STORED", "TENSORS", "PARTITION", "STATE", "IN USE", "LAST USED", "NAME"], rows,
+    print(_table(["ID", "SIZE", "UNIQUE", "TENSORS", "PARTITION", "STATE", "IN USE", "LAST USED", "NAME"], rows,
                  right=[0, 1, 2, 3]))
     return EXIT_OK
 
@@ -659,11 +664,16 @@ def cmd_smoke(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(default: Any = argparse.SUPPRESS) -> argparse.ArgumentParser:
+    """--json and --debug: given before or after the command.
+
+    Subcommands use ``default=SUPPRESS`` so that they do not reset what was
+    given before the command; each call makes new actions (parents share them).
+    """
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--json", action="store_true", default=default,
                    help="print one JSON document (stable keys) instead of tables")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--debug", action="store_true", default=default,
                    help="show a traceback on errors")
     return p
 
@@ -671,14 +681,13 @@ def _common() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The ``pyaccel`` argument parser (every command, with its help)."""
     common = _common()
-    p = _Parser(prog=PROG, parents=[common],
+    p = _Parser(prog=PROG, parents=[_common(False)],
                 description="Persistent, shared weight pools on fast memory (device-DAX, hugepages, "
                             "memory-backed block devices, tmpfs) and a zero-copy ONNX loader.",
                 epilog="Exit status: 0 success; 1 error or problems found; 2 bad usage (or smoke-test "
                        "refusal); 130 interrupted.  The default pool is PYACCEL_POOL, else "
                        "~/.config/pyaccel.conf or /etc/pyaccel.conf, else the best device found "
                        "(see `pyaccel devices`).")
-    p.set_defaults(json=False, debug=False)
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"pyaccel {__version__}")
@@ -737,7 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     load_opts(sp)
     sp.add_argument("--verify", action="store_true", help="re-check every tensor's checksum afterwards")
 
-    sp = add("ls", cmd_ls, "list the models in a pool")
+    sp = add("ls", cmd_ls, "list the models in a pool",
+             description="List the models in a pool: SIZE is the bytes of its tensors, UNIQUE the bytes "
+                         "only it holds (what evicting it frees; identical tensors are stored once).")
     sp.add_argument("--pool", metavar="PATH", default=None, help="the pool (default: the default pool)")
     sp.add_argument("--all", action="store_true", help="also models being loaded and superseded versions")
 
@@ -818,7 +829,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         debug = a.debug
         return int(a.func(a) or 0)
     except CliError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         if debug:

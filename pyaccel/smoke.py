@@ -291,15 +291,15 @@ class SmokeTest:
 
     def run(self) -> int:
         funcs = [self.classify, self.safety, self.patterns, self.persistence, self.bandwidth, self.model]
-        stop = False
+        stop = ""
         for step, fn in zip(self.steps, funcs):
             if stop:
-                step.detail = "skipped (an earlier step failed)"
+                step.detail = f"skipped ({stop})"
                 self._done(step)
                 continue
-            if not self._run_step(step, fn):
-                # a failed pattern check makes later figures meaningless; bandwidth does not
-                stop = step.name in ("classify", "safety", "patterns")
+            if not self._run_step(step, fn) and step.name in ("classify", "safety", "patterns"):
+                # nothing after these can be trusted (or may be done)
+                stop = f"step {step.number} {'refused the target' if step.status == 'REFUSED' else 'failed'}"
         self._run_step(self.steps[-1], self.cleanup)
         if any(s.status == "REFUSED" for s in self.steps):
             return EXIT_REFUSED
@@ -557,7 +557,7 @@ class SmokeTest:
                                      f"mapping: crc32c {crcs} != {self.crcs}", figs)
                 parts.append(f"{'O_DIRECT' if mode == 'direct' else 'buffered'} pread of {t.path} matches")
         if not self.info["persistent"]:
-            parts.append(f"({kind} memory: contents survive processes, not a reboot)")
+            parts.append("(not persistent media: the contents outlive processes, not a reboot)")
         # a cross-check of the CRC routine itself on the expected bytes
         figs["crc32c_impl_check"] = f"{crc32c(b'123456789'):08x}"
         if figs["crc32c_impl_check"] != "e3069283":
