@@ -339,6 +339,10 @@ def _progress_bar(enabled: bool | None, total: int, name: str) -> tuple[Callable
     return update, bar
 
 
+def _no_progress(_done: int, _total: int) -> None:
+    pass
+
+
 def _bytes_of(t: onnxfile.TensorRef) -> Callable[[], memoryview]:
     """A ``produce`` callable for a converted tensor: its final bytes, as a flat uint8 view."""
 
@@ -379,8 +383,11 @@ def _stream(pool: Pool, path: str, name: str, partition: str | int, progress: bo
         sources = [tuple(s) for s in scan.sources]
         update, bar = _progress_bar(progress, sum(t.nbytes for t in refs), path)
         try:
+            # Always a callback, even without a bar: Pool.write_model then copies in a worker
+            # thread and this thread stays free to take Ctrl-C (without one it copies on this
+            # thread without the GIL, and KeyboardInterrupt waits for the whole model).
             mid, lease = pool.write_model(name, writes, sources=sources, meta=blob, partition=partition,
-                                          progress=update)
+                                          progress=update or _no_progress)
         except OSError as e:
             changed = [] if isinstance(e, PyaccelError) else _changed_sources(sources)
             if not changed:
