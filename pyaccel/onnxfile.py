@@ -415,6 +415,10 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "start-group", 4: "end-group", 5: "fixed32"}
 
 
+#: Model files up to this size are read whole for the scan; bigger ones block by block.
+_READ_WHOLE = 32 << 20
+
+
 class _PreadBuf:
     """The model file, read with ``pread`` in blocks as the scan walks it.
 
@@ -488,6 +492,10 @@ class _Wire:
 
     def varint(self, pos: int, end: int) -> tuple[int, int]:
         """Decode the varint at `pos`; return ``(value, position after it)``."""
+        if pos < end and type(self.mv) is memoryview:
+            b = self.mv[pos]
+            if b < 0x80:  # most tags and lengths fit one byte
+                return b, pos + 1
         # at most 10 bytes, fetched in one go (one pread block lookup)
         window = self.mv[pos:min(end, pos + 10)]
         result = 0
@@ -1860,7 +1868,16 @@ def scan(path: str | os.PathLike[str]) -> ScannedModel:
         if st.st_size == 0:
             raise MalformedModelError(apath, "empty file")
         dir_fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        w = _Wire(_PreadBuf(fd, st.st_size, apath), apath)
+        # A small file is read whole (within the loader's staging budget);
+        # a big one through pread blocks, touching only field headers.
+        if st.st_size <= _READ_WHOLE:
+            data = os.pread(fd, st.st_size, 0)
+            if len(data) != st.st_size:
+                raise MalformedModelError(apath, "the file shrank while being read; was it truncated by "
+                                                 "another process during the scan?")
+            w = _Wire(data, apath)
+        else:
+            w = _Wire(_PreadBuf(fd, st.st_size, apath), apath)
         try:
             scan_ = _Scan(apath, w, fd, dir_fd, model_dir, st)
             skeleton, ir_version = scan_.model()
