@@ -340,22 +340,20 @@ class SmokeTest:
     # -- 1 classify --------------------------------------------------------
 
     def classify(self) -> tuple[str, dict[str, Any]]:
-        from ._driver import MAP_CREATE, MAP_EXCL, MAP_READONLY, _Map
+        from ._driver import MAP_CREATE, MAP_EXCL, MAP_READONLY, _Map, classify
 
         t = self.target
+        sync, fallback = False, ""
         if not t.existed:
             # a new file: create it now (nothing to lose), so that the C core classifies it
             t.created = True  # cleanup deletes it, even if mapping it fails half way
             m = _Map(t.path, 0, self.size, MAP_CREATE | MAP_EXCL)
-        elif not t.device and os.path.getsize(t.path) < self.size:
-            m = _Map(t.path, 0, 0, MAP_READONLY) if os.path.getsize(t.path) else None
-        else:
+        elif t.device:
             m = _Map(t.path, 0, 0, MAP_READONLY)
-        if m is None:  # an empty existing file: grown by the pattern step
-            from ._driver import classify
-
+        else:
+            m = None  # an existing file: maybe empty or of an unaligned size; stat is enough
+        if m is None:
             src = classify(t.path)
-            sync, fallback = False, ""
         else:
             try:
                 src = m.source
@@ -407,8 +405,6 @@ class SmokeTest:
     def safety(self) -> tuple[str, dict[str, Any]]:
         import numpy as np
 
-        from ._driver import MAP_READONLY, _Map
-
         t = self.target
         if t.created or (not t.device and os.path.getsize(t.path) == 0):
             return "new (or empty) file: nothing to lose", {"holds": "nothing", "checked_bytes": 0}
@@ -418,17 +414,12 @@ class SmokeTest:
             if in_use:
                 raise Refused(f"refusing to touch {t.path}: {in_use} (never overwritten, even with --force)",
                               {"holds": "in use", "in_use": in_use})
-        m = _Map(t.path, 0, 0, MAP_READONLY)
-        try:
-            view = np.frombuffer(m, dtype=np.uint8)
-            n = min(CHECK_BYTES, len(view))
-            head = view[:n]
-            is_pool = bytes(head[:len(POOL_MAGIC)]) == POOL_MAGIC or bytes(head[4096:4096 + len(POOL_MAGIC)]) == POOL_MAGIC
-            nz = np.flatnonzero(head)
-            first = int(nz[0]) if len(nz) else None
-            del view, head, nz
-        finally:
-            m.close()
+        head = _read_head(t.path, CHECK_BYTES)
+        n = len(head)
+        is_pool = POOL_MAGIC in (bytes(head[:len(POOL_MAGIC)]), bytes(head[4096:4096 + len(POOL_MAGIC)]))
+        nz = np.flatnonzero(head)
+        first = int(nz[0]) if len(nz) else None
+        del head, nz
         figs["checked_bytes"] = n
         if is_pool:
             what = "a pyaccel pool" + self._pool_summary()
@@ -744,6 +735,25 @@ class SmokeTest:
         except PoolFormatError:
             return n
         raise StepFailed(f"{self.target.path} still opens as a pool after zeroing its first {_hs(n)}")
+
+
+def _read_head(path: str, n: int) -> Any:
+    """The first ``n`` bytes of a file or device (mapped for device-DAX, which has no read())."""
+    import numpy as np
+
+    if stat.S_ISCHR(os.stat(path).st_mode):
+        from ._driver import MAP_READONLY, _Map
+
+        m = _Map(path, 0, 0, MAP_READONLY)
+        try:
+            view = memoryview(m)
+            head = np.array(view[:n], dtype=np.uint8)
+            view.release()
+        finally:
+            m.close()
+        return head
+    with open(path, "rb") as f:
+        return np.frombuffer(f.read(n), dtype=np.uint8)
 
 
 def _block_in_use(path: str) -> str | None:
