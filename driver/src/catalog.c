@@ -302,6 +302,28 @@ slot_copy(const struct pa_pool *p, int slot, char **bufp)
 	return 0;
 }
 
+/* slot_check -- whether a copy's checksum holds, read in place (no copy) */
+static int
+slot_check(const struct pa_pool *p, int slot)
+{
+	struct pa_cat_hdr h;
+	const char *base = p->base + slot_off(p, slot);
+	uint32_t crc;
+
+	hdr_peek(p, slot, &h);
+	if (memcmp(h.magic, PA_CAT_MAGIC, sizeof(PA_CAT_MAGIC)) != 0 ||
+	    h.used < HDR || h.used > p->sb.cat_size)
+		return -EBADMSG;
+	{
+		uint32_t want = h.checksum;
+
+		h.checksum = 0;
+		crc = pa_crc32c(0, &h, HDR);
+		crc = pa_crc32c(crc, base + HDR, h.used - HDR);
+		return crc == want ? 0 : -EBADMSG;
+	}
+}
+
 /* in_range -- [off, off + n * size) lies inside [0, limit) */
 static bool
 in_range(uint64_t off, uint64_t n, uint64_t size, uint64_t limit)
@@ -489,46 +511,71 @@ cat_newest_generation(struct pa_pool *p, uint64_t *gen)
 /*
  * cat_read -- read the newest valid catalog copy
  *
- * *damage gets PA_DAMAGE_CATALOG_OLD when the other copy is bad for a
- * reason other than an interrupted commit, and PA_DAMAGE_CATALOG_NEW when
- * the state page says a newer generation was committed than the newest
- * valid copy (then -EBADMSG unless the pool is opened to recover).
+ * The copies are tried newest first and only until one checks out, so an
+ * open costs one copy and one checksum; with full set (fsck) both are
+ * checked.  *damage gets PA_DAMAGE_CATALOG_OLD when the other copy is bad
+ * for a reason other than an interrupted commit, and PA_DAMAGE_CATALOG_NEW
+ * when the state page says a newer generation was committed than the
+ * newest valid copy (then -EBADMSG unless the pool is opened to recover).
  */
 int
-cat_read(struct pa_pool *p, struct mem_cat *out, uint32_t *damage)
+cat_read_full(struct pa_pool *p, struct mem_cat *out, uint32_t *damage,
+	      bool full)
 {
 	for (int attempt = 0; attempt < 1000; attempt++) {
+		struct pa_cat_hdr h[2];
 		char *buf[2] = {NULL, NULL};
-		int rc[2], best = -1;
+		int rc[2] = {-EBADMSG, -EBADMSG}, order[2] = {0, 1}, best = -1;
+		bool magic[2], retry = false;
 		uint64_t gen[2] = {0, 0};
 		int ret;
 
 		for (int s = 0; s < 2; s++) {
-			rc[s] = slot_copy(p, s, &buf[s]);
-			if (rc[s] == 0)
-				gen[s] = ((struct pa_cat_hdr *)buf[s])
-						 ->generation;
+			hdr_peek(p, s, &h[s]);
+			magic[s] = memcmp(h[s].magic, PA_CAT_MAGIC,
+					  sizeof(PA_CAT_MAGIC)) == 0;
 		}
-		if (rc[0] == -EAGAIN || rc[1] == -EAGAIN) {
+		if (magic[1] && (!magic[0] || h[1].generation > h[0].generation)) {
+			order[0] = 1;
+			order[1] = 0;
+		}
+		for (int k = 0; k < 2 && best < 0; k++) {
+			int s = order[k];
+
+			if (!magic[s])
+				continue;
+			rc[s] = slot_copy(p, s, &buf[s]);
+			if (rc[s] == -EAGAIN) {
+				retry = true;
+				break;
+			}
+			if (rc[s] == -ENOMEM) {
+				free(buf[0]);
+				free(buf[1]);
+				return -ENOMEM;
+			}
+			if (rc[s] == 0) {
+				gen[s] = ((struct pa_cat_hdr *)buf[s])->generation;
+				if (best < 0 || gen[s] > gen[best])
+					best = s;
+			}
+		}
+		if (retry) {
 			free(buf[0]);
 			free(buf[1]);
 			continue;
 		}
-		if (rc[0] == -ENOMEM || rc[1] == -ENOMEM) {
-			free(buf[0]);
-			free(buf[1]);
-			return -ENOMEM;
-		}
-		if (rc[0] == 0 && (rc[1] != 0 || gen[0] > gen[1]))
-			best = 0;
-		else if (rc[1] == 0)
-			best = 1;
 		if (best < 0) {
 			*damage |= PA_DAMAGE_CATALOG_NEW | PA_DAMAGE_CATALOG_OLD;
 			return ERR(-EBADMSG, "%s: both catalog copies are "
 					     "damaged; the models in the pool "
 					     "cannot be found (recreate the "
 					     "pool)", p->path);
+		}
+		/* the other copy: checked in place (full), else by its magic */
+		if (!buf[!best] && magic[!best]) {
+			gen[!best] = h[!best].generation;
+			rc[!best] = full ? slot_check(p, !best) : 0;
 		}
 		if (rc[!best] != 0) {
 			/* the other copy is bad: an interrupted commit of
@@ -565,6 +612,13 @@ cat_read(struct pa_pool *p, struct mem_cat *out, uint32_t *damage)
 	}
 	return ERR(-EBUSY, "%s: the catalog kept changing while read",
 		   p->path);
+}
+
+/* cat_read -- cat_read_full on the fast path (the newest good copy) */
+int
+cat_read(struct pa_pool *p, struct mem_cat *out, uint32_t *damage)
+{
+	return cat_read_full(p, out, damage, false);
 }
 
 /* pool_refresh_locked -- re-read the catalog when a newer one is there */

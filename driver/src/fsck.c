@@ -103,9 +103,19 @@ pa_pool_fsck(struct pa_pool *p, unsigned flags, struct pa_fsck_report *r)
 			goto out;
 		writer = true;
 	}
-	rc = pool_refresh_locked(p);
-	if (rc < 0)
-		goto out;
+	{
+		/* both catalog copies, each checked */
+		struct mem_cat fresh;
+		uint32_t damage = 0;
+
+		state_read_locked(p);
+		rc = cat_read_full(p, &fresh, &damage, true);
+		if (rc < 0)
+			goto out;
+		p->damage |= damage;
+		cat_free(&p->cat);
+		p->cat = fresh;
+	}
 	r->damage = p->damage;
 	unclean = p->state.needs_fsck;
 

@@ -146,8 +146,8 @@ state_ok(const struct pa_state *s)
 }
 
 /* state_read -- the newest valid state copy; damage noted when none */
-static int
-state_read(struct pa_pool *p)
+int
+state_read_locked(struct pa_pool *p)
 {
 	struct pa_state s[2];
 	int best = -1;
@@ -574,7 +574,7 @@ pa_pool_open(struct pa_pool **out, const struct pa_pool_cfg *cfg)
 	rc = sb_load(p);
 	if (rc)
 		goto err;
-	if (state_read(p) && !p->recover) {
+	if (state_read_locked(p) && !p->recover) {
 		rc = ERR(-EBADMSG, "%s: the pool's state page is damaged; "
 				   "run `pyaccel pool fsck --repair`", p->path);
 		goto err;
@@ -602,13 +602,13 @@ pa_pool_open(struct pa_pool **out, const struct pa_pool_cfg *cfg)
 	for (int attempt = 0;; attempt++) {
 		uint32_t damage = 0;
 
-		rc = cat_read(p, &p->cat, &damage);
+		rc = cat_read_full(p, &p->cat, &damage, true);
 		if (rc == 0 && (damage & PA_DAMAGE_CATALOG_OLD) &&
 		    attempt < 3) {
 			/* maybe a commit raced the state read: look again */
 			cat_free(&p->cat);
 			usleep(1000);
-			state_read(p);
+			state_read_locked(p);
 			continue;
 		}
 		p->damage |= damage;
@@ -642,7 +642,7 @@ pa_pool_close(struct pa_pool **pp)
 	if (!p->rdonly && pool_lock(p, LOCK_USERS, F_WRLCK, false) == 0) {
 		/* the last read-write user out marks the pool clean */
 		if (pool_lock(p, LOCK_WRITER, F_WRLCK, true) == 0) {
-			state_read(p);
+			state_read_locked(p);
 			if (p->state.dirty) {
 				p->state.dirty = 0;
 				state_write(p);
@@ -697,7 +697,7 @@ pa_pool_stat(struct pa_pool *p, struct pa_pool_stat *st)
 	st->kind = (enum pa_kind)p->sb.kind;
 	st->granularity = pa_map_granularity(p->map);
 	st->persistent = pa_map_is_persistent(p->map);
-	state_read(p);
+	state_read_locked(p);
 	st->clean = !p->state.dirty;
 	st->needs_fsck = (int)p->state.needs_fsck;
 	st->damage = p->damage;

@@ -232,6 +232,7 @@ int pool_lock_probe(struct pa_pool *p, uint64_t byte);
 int pool_write(struct pa_pool *p, uint64_t off, const void *src, size_t len);
 int pool_persist(struct pa_pool *p, uint64_t off, size_t len);
 int state_write(struct pa_pool *p);
+int state_read_locked(struct pa_pool *p);
 uint32_t lease_count(const struct pa_pool *p, uint64_t id);
 int lease_add(struct pa_pool *p, uint64_t id);
 uint64_t pool_now_ns(void);
@@ -242,6 +243,8 @@ uint64_t hint_last_used(const struct pa_pool *p, uint64_t id);
 void cat_free(struct mem_cat *c);
 void model_free(struct mem_model *m);
 int cat_read(struct pa_pool *p, struct mem_cat *out, uint32_t *damage);
+int cat_read_full(struct pa_pool *p, struct mem_cat *out, uint32_t *damage,
+		  bool full);
 int cat_commit(struct pa_pool *p);
 int pool_reload(struct pa_pool *p);
 int pool_lease_locked(struct pa_pool *p, uint64_t id, unsigned flags);
