@@ -382,6 +382,8 @@ def cmd_pool_create(a: argparse.Namespace) -> int:
         else:
             raise CliError(f"{path} already holds a pyaccel pool ({st.n_models} models, "
                            f"{human_size(st.size)}); give --force to overwrite it, destroying its models")
+    if a.size is not None and _is_device(path):
+        print(f"{PROG}: note: --size is ignored: a device is used whole", file=sys.stderr)
     t0 = time.perf_counter()
     with open_pool(path, create=True, size=a.size, partitions=a.partitions, force=a.force) as pool:
         st = pool.status()
@@ -394,6 +396,16 @@ def cmd_pool_create(a: argparse.Namespace) -> int:
     if len(st.partitions) > 1 or (st.partitions and st.partitions[0].name != "default"):
         print("partitions: " + ", ".join(f"{p.name} {human_size(p.size)}" for p in st.partitions))
     return EXIT_OK
+
+
+def _is_device(path: str) -> bool:
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
 
 
 def cmd_pool_status(a: argparse.Namespace) -> int:

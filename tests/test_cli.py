@@ -28,7 +28,8 @@ from pyaccel import cli
 MiB = 1 << 20
 
 
-def run_cli(*args: str, env: dict[str, str], rc: int | None = 0, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str], rc: int | None = 0,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``python -m pyaccel ARGS``; checks the exit status unless ``rc`` is None."""
     r = subprocess.run([sys.executable, "-m", "pyaccel", *args], capture_output=True, text=True,
                        env=env, timeout=timeout, cwd=ROOT)
@@ -78,7 +79,8 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
             "        main(['--help'])\n"
             "    except SystemExit as e:\n"
             "        assert e.code == 0\n"
-            "heavy = [m for m in ('numpy', 'onnx', 'onnxruntime', 'pyaccel._driver', 'pyaccel.pool') if m in sys.modules]\n"
+            "heavy = [m for m in ('numpy', 'onnx', 'onnxruntime', 'pyaccel._driver', 'pyaccel.pool')\n"
+            "         if m in sys.modules]\n"
             "assert not heavy, heavy\n"
             "assert 'smoke-test' in buf.getvalue()\n")
     subprocess.run([sys.executable, "-c", code], check=True, env=python_env(), timeout=60)
