@@ -274,6 +274,36 @@ def _source_unchanged(sources: Sequence[tuple[str, int, int, int, int]]) -> bool
     return bool(sources)
 
 
+def _ctimes(sources: Sequence[onnxfile.SourceFile]) -> list[list[Any]]:
+    """``[path, st_ctime_ns]`` of each source that is still as the scan saw it.
+
+    The pool's source records (size, mtime, inode, device) miss a file
+    rewritten in place at the same size whose mtime was then set back (``cp
+    -p``, ``rsync --inplace -t``, a restore, reproducible-build timestamps).
+    The kernel sets ctime on every change and no call can set it back, so the
+    loader keeps it in its meta record and compares it on attach.
+    """
+    out = []
+    for s in sources:
+        try:
+            st = os.stat(s.path)
+        except OSError:
+            continue
+        if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev) == (s.size, s.mtime_ns, s.ino, s.dev):
+            out.append([s.path, st.st_ctime_ns])
+    return out
+
+
+def _ctimes_unchanged(meta: dict) -> bool:
+    for path, ctime_ns in meta.get("ctime_ns", ()):  # absent in records of older loaders
+        try:
+            if os.stat(path).st_ctime_ns != ctime_ns:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 # -- attach and stream ---------------------------------------------------------
 
 
@@ -293,7 +323,15 @@ def _attach(pool: Pool, name: str, source: str, t0: float) -> Model | None:
         except FileNotFoundError:
             pool.refresh()  # evicted meanwhile: look again
             continue
-        return _model_from_pool(pool, lease, rec["id"], name, source, t0)
+        return _fresh(_model_from_pool(pool, lease, rec["id"], name, source, t0))
+    return None
+
+
+def _fresh(model: Model) -> Model | None:
+    """The model, or None (lease dropped) when a source's ctime says it changed since it was streamed."""
+    if _ctimes_unchanged(model._meta):
+        return model
+    model.close()
     return None
 
 
@@ -307,7 +345,7 @@ def _wait_for_loader(pool: Pool, name: str, source: str, t0: float) -> Model | N
                 return None  # its loader failed or died: load it ourselves
             if not _source_unchanged(pool._drv.sources(m["id"])):
                 return None
-            return _model_from_pool(pool, lease, m["id"], name, source, t0)
+            return _fresh(_model_from_pool(pool, lease, m["id"], name, source, t0))
     return None
 
 
@@ -377,7 +415,7 @@ def _stream(pool: Pool, path: str, name: str, partition: str | int, progress: bo
                 writes.append(TensorWrite(t.name, t.dtype, shape, t.nbytes, fd=fd, offset=t.range.offset))
             else:
                 writes.append(TensorWrite(t.name, t.dtype, shape, t.nbytes, produce=_bytes_of(t)))
-        meta = {"format": 1, "source": scan.path, "ir_version": scan.ir_version}
+        meta = {"format": 1, "source": scan.path, "ir_version": scan.ir_version, "ctime_ns": _ctimes(scan.sources)}
         ranges = {t.name: [t.range.path, t.range.offset] for t in refs if t.range is not None}
         blob = _pack_meta(meta, scan.graph_bytes, ranges)
         sources = [tuple(s) for s in scan.sources]
