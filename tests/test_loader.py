@@ -599,6 +599,25 @@ def test_changed_source_streams_a_new_version(shm_dir, shm_pool, change):
     assert versions[second.info.model_id].in_use
 
 
+def test_rewrite_with_mtime_set_back_is_noticed(shm_dir, shm_pool):
+    """Same size, same inode, mtime put back (cp -p, rsync --inplace -t): size/mtime/inode alone would attach."""
+    path = _ext_model(shm_dir / "m", _w(5))
+    pyaccel.load_model(path, shm_pool, progress=False).close()
+    gc.collect()
+    data = str(shm_dir / "m" / "w.bin")
+    st = os.stat(data)
+    _rewrite_in_place(data, 0, _w(6).tobytes())
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = os.stat(data)
+    assert (now.st_size, now.st_mtime_ns, now.st_ino, now.st_dev) == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    m = pyaccel.load_model(path, shm_pool, progress=False)
+    assert m.info.streamed
+    assert np.array_equal(m.weights["W"], _w(6))
+    _check_outputs(m, path, _x())
+    # and from then on it attaches again
+    assert not pyaccel.load_model(path, shm_pool, progress=False).info.streamed
+
+
 def test_changed_source_never_attaches_while_a_reader_holds_the_old(shm_dir, shm_pool):
     """Changed twice while old versions are held: every load returns the file's current bytes."""
     path = _ext_model(shm_dir / "m", _w(10))
