@@ -292,15 +292,18 @@ class SmokeTest:
     def run(self) -> int:
         funcs = [self.classify, self.safety, self.patterns, self.persistence, self.bandwidth, self.model]
         stop = ""
-        for step, fn in zip(self.steps, funcs):
-            if stop:
-                step.detail = f"skipped ({stop})"
-                self._done(step)
-                continue
-            if not self._run_step(step, fn) and step.name in ("classify", "safety", "patterns"):
-                # nothing after these can be trusted (or may be done)
-                stop = f"step {step.number} {'refused the target' if step.status == 'REFUSED' else 'failed'}"
-        self._run_step(self.steps[-1], self.cleanup)
+        try:
+            for step, fn in zip(self.steps, funcs):
+                if stop:
+                    step.detail = f"skipped ({stop})"
+                    self._done(step)
+                    continue
+                if not self._run_step(step, fn) and step.name in ("classify", "safety", "patterns"):
+                    # nothing after these can be trusted (or may be done)
+                    stop = f"step {step.number} {'refused the target' if step.status == 'REFUSED' else 'failed'}"
+        finally:
+            # cleanup runs even on Ctrl-C (KeyboardInterrupt goes on once it is done)
+            self._run_step(self.steps[-1], self.cleanup)
         if any(s.status == "REFUSED" for s in self.steps):
             return EXIT_REFUSED
         if any(s.status == "FAIL" for s in self.steps):
@@ -312,6 +315,11 @@ class SmokeTest:
         try:
             step.detail, step.figures = fn()
             step.status = "PASS"
+        except KeyboardInterrupt:
+            step.status, step.detail = "FAIL", "interrupted"
+            step.seconds = round(time.perf_counter() - t0, 4)
+            self._done(step)
+            raise
         except Refused as e:
             step.status, step.detail, step.figures = "REFUSED", e.detail, e.figures
         except StepFailed as e:

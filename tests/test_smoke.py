@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,21 @@ def test_smoke_usage_errors() -> None:
     r = smoke("--size", "1M", rc=2)
     assert r.stderr.strip().splitlines() == [
         "smoke-test: error: argument --size: '1M' is too small: at least 16M (see smoke-test --help)"]
+
+
+def test_smoke_ctrl_c_still_cleans_up(shm_dir: Path) -> None:
+    target = shm_dir / "interrupted.file"
+    with subprocess.Popen([sys.executable, SCRIPT, str(target), "--size", "256M"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=python_env()) as child:
+        assert child.stdout is not None and child.stderr is not None
+        for line in child.stdout:
+            if line.startswith("[2/7] safety"):
+                child.send_signal(signal.SIGINT)  # during the pattern step, or soon after
+                break
+        out = child.stdout.read()
+        err = child.stderr.read()
+        assert child.wait(timeout=120) == 130, (out, err)
+    assert "[7/7] cleanup      PASS" in out  # the step interrupted (if any) says "FAIL    interrupted"
+    assert "RESULT" not in out
+    assert err.strip() == "smoke-test: interrupted"
+    assert not target.exists()
