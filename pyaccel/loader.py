@@ -190,8 +190,25 @@ class Model:
         self._check_open()
         # where a weight's pool memory is no regular file (device-DAX), the
         # source file's own bytes serve onnxruntime's optimizers instead
-        backing = {k: tuple(v) for k, v in json.loads(self._ranges or b"{}").items()}
+        backing = self._unchanged_ranges()
         return make_session(self._graph_bytes, self.weights, sess_options, providers, prepack, backing)
+
+    def _unchanged_ranges(self) -> dict[str, tuple[str, int]]:
+        """Each weight's range in its source, for the sources still as they were when streamed.
+
+        onnxruntime's optimizers read these bytes instead of the pool's, so a
+        file changed since (a held, superseded version) must not be offered:
+        its weights are then embedded in the graph (a copy) instead.
+        """
+        ranges = json.loads(self._ranges or b"{}")
+        if not ranges:
+            return {}
+        try:
+            sources = self._pool._drv.sources(self.info.model_id)
+        except OSError:
+            return {}
+        good = {src[0] for src in sources} - set(_changed_sources(sources)) - _changed_ctimes(self._meta)
+        return {k: (v[0], v[1]) for k, v in ranges.items() if v[0] in good}
 
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any], **kw: Any) -> list[Any]:
         """``session.run`` on a session made (once) with the default options."""
@@ -294,14 +311,20 @@ def _ctimes(sources: Sequence[onnxfile.SourceFile]) -> list[list[Any]]:
     return out
 
 
-def _ctimes_unchanged(meta: dict) -> bool:
+def _changed_ctimes(meta: dict) -> set[str]:
+    """The sources whose ctime differs from the one recorded when the model was streamed."""
+    out = set()
     for path, ctime_ns in meta.get("ctime_ns", ()):  # absent in records of older loaders
         try:
             if os.stat(path).st_ctime_ns != ctime_ns:
-                return False
+                out.add(path)
         except OSError:
-            return False
-    return True
+            out.add(path)
+    return out
+
+
+def _ctimes_unchanged(meta: dict) -> bool:
+    return not _changed_ctimes(meta)
 
 
 # -- attach and stream ---------------------------------------------------------
