@@ -618,6 +618,36 @@ def test_rewrite_with_mtime_set_back_is_noticed(shm_dir, shm_pool):
     assert not pyaccel.load_model(path, shm_pool, progress=False).info.streamed
 
 
+def test_new_session_of_a_held_version_after_the_source_changed(pool_path, tmp_path):
+    """A session made from a held (superseded) model after its file changed still computes with the old weights.
+
+    On pools that no regular file backs (loop device, device-DAX) onnxruntime's
+    optimizers are pointed at the model's own file for the weights they fold
+    (here Transpose(W2t)); the file now holds other bytes, so they must not be.
+    """
+    size = 0 if pool_path.startswith("/dev/") else 64 * MiB
+    gen = om.make_embedded(str(tmp_path / "m"))
+    _, ref_old = _reference(gen.path, gen.feeds)
+    with pyaccel.open_pool(pool_path, create=True, size=size) as pool:
+        held = pyaccel.load_model(gen.path, pool, progress=False)
+        scanned = onnxfile.scan(gen.path)
+        old = {n: np.array(om.array_of(scanned.tensor(n))) for n in ("W1", "W2t")}
+        for name in ("W1", "W2t"):
+            r = scanned.tensor(name).range
+            _rewrite_in_place(gen.path, r.offset, np.full(r.length // 4, 0.25, np.float32).tobytes())
+        _, ref_new = _reference(gen.path, gen.feeds)
+        assert not _same(ref_new[0], ref_old[0])
+        sess = held.session(_opts(), providers=CPU)
+        assert _same(sess.run(None, gen.feeds)[0], ref_old[0]), "a held version computed with the changed file's bytes"
+        assert all(_same(held.weights[n], a) for n, a in old.items())
+        # a new load streams the new version, whose sessions use the new bytes
+        new = pyaccel.load_model(gen.path, pool, progress=False)
+        assert new.info.streamed
+        _check_outputs(new, gen.path, gen.feeds)
+        del sess, held, new
+        gc.collect()
+
+
 def test_changed_source_never_attaches_while_a_reader_holds_the_old(shm_dir, shm_pool):
     """Changed twice while old versions are held: every load returns the file's current bytes."""
     path = _ext_model(shm_dir / "m", _w(10))
