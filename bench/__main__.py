@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 import time
@@ -98,8 +99,6 @@ def load_plugin(log) -> tuple[object | None, str]:
         return None, f"{override or 'bench/pyaccel_figures.py'} missing"
     try:
         if override:
-            import importlib.util
-
             spec = importlib.util.spec_from_file_location("pyaccel_figures_override", override)
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)

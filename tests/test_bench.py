@@ -270,3 +270,65 @@ def test_only_rejects_unknown_names(tmp_path):
     p = subprocess.run([sys.executable, "-m", "bench", "--only", "nosuch", "--workdir",
                         str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "nosuch" in p.stderr
+
+
+# ---------------------------------------------------------------------------
+# the real plug-in (bench/pyaccel_figures.py) in the quick run CI makes
+
+PYACCEL_PER_MODEL = ["hot_load", "stream_peak_rss", "attach", "session_noprepack",
+                     "session_prepack", "first_result_noprepack", "first_result_prepack",
+                     "infer_b1_noprepack", "infer_b8_noprepack", "infer_b1_prepack",
+                     "infer_b8_prepack", "outputs_identical"]
+PYACCEL_JUDGED = {  # figure -> the baseline its ratio is taken against
+    "hot_load": "read_hot", "attach": "onnx_load_hot", "session_noprepack": "ort_session_noprepack",
+    "session_prepack": "ort_session_prepack", "infer_b1_noprepack": "ort_infer_b1_noprepack",
+    "infer_b8_prepack": "ort_infer_b8_prepack"}
+
+
+@pytest.fixture(scope="module")
+def real_quick_run(tmp_path_factory):
+    pytest.importorskip("pyaccel._driver", reason="pyaccel not built (make)")
+    d = tmp_path_factory.mktemp("bench-real")
+    out_json = d / "r.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYACCEL_BENCH_PLUGIN"}
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--workdir", str(d / "data"),
+         "--json", str(out_json), "--png", str(d / "r.png")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(out_json) as f:
+        return {"doc": json.load(f), "stdout": p.stdout, "stderr": p.stderr}
+
+
+@pytest.mark.slow
+def test_quick_run_has_pyaccel_figures(real_quick_run):
+    doc = real_quick_run["doc"]
+    py = doc["pyaccel"]
+    assert py["available"] is True, py
+    figs = py["figures"]
+    for model in models.MODEL_NAMES:
+        for name in PYACCEL_PER_MODEL:
+            key = f"{model}/{name}"
+            assert key in figs, key
+            f = figs[key]
+            assert f["skipped"] is None, (key, f["skipped"])
+            assert isinstance(f["value"], (int, float)) and f["value"] >= 0, (key, f["value"])
+        for name, base in PYACCEL_JUDGED.items():
+            f = figs[f"{model}/{name}"]
+            assert f["baseline_key"] == f"{model}/{base}"
+            assert f["ratio"] is not None and f["ratio"] > 0, (model, name, f["why"])
+            assert f["status"] in ("PASS", "MISS"), (model, name, f["why"])
+        assert figs[f"{model}/hot_load"]["unit"] == "GB/s" and figs[f"{model}/hot_load"]["value"] > 0
+        assert figs[f"{model}/attach"]["value"] > 0
+        # bit-identical outputs are a requirement, not a performance target
+        assert figs[f"{model}/outputs_identical"]["value"] == 1.0, figs[f"{model}/outputs_identical"]
+        # the pool file was removed
+        assert not os.path.exists(figs[f"{model}/hot_load"]["details"]["pool"])
+    pss = figs["big_external/pss_4proc"]
+    assert pss["value"] > 0 and pss["baseline_key"] == "big_external/model_size"
+    assert figs["checksum_crc32c"]["value"] > 0
+    if doc["capabilities"]["drop_caches"][0]:
+        for model in models.MODEL_NAMES:
+            assert figs[f"{model}/cold_load"]["value"] > 0
+    assert "pyaccel: " in real_quick_run["stdout"] and " PASS" in real_quick_run["stdout"]
+    assert doc["run"]["durations_s"]["pyaccel"] > 0
