@@ -109,6 +109,7 @@ cdef extern from "pyaccel.h" nogil:
         uint64_t chunk
         int direct
         int nopersist
+        int keep_mapped
 
     int pa_stream_new(pa_stream **out, pa_map *dst, const pa_stream_cfg *cfg)
     ssize_t pa_stream_add(pa_stream *s, const pa_io *io)

@@ -295,7 +295,8 @@ cdef class _Stream:
     cdef list keep
 
     def __cinit__(self, dest, unsigned threads=0, uint64_t chunk=0,
-                  int direct=PA_STREAM_DIRECT_AUTO, bint nopersist=False):
+                  int direct=PA_STREAM_DIRECT_AUTO, bint nopersist=False,
+                  bint keep_mapped=False):
         cdef pa_stream_cfg cfg
         cdef pa_map *m
         if isinstance(dest, _Pool):
@@ -307,6 +308,7 @@ cdef class _Stream:
         cfg.chunk = chunk
         cfg.direct = direct
         cfg.nopersist = nopersist
+        cfg.keep_mapped = keep_mapped
         check(pa_stream_new(&self.s, m, &cfg))
         self.dest = dest
         self.keep = []

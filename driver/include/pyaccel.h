@@ -238,10 +238,13 @@ struct pa_io {
 #define PA_STREAM_DIRECT_ALWAYS 2 /* O_DIRECT wherever the file allows */
 
 struct pa_stream_cfg {
-	unsigned threads;	/* 0: the number of online CPUs, at most 8 */
+	unsigned threads;	/* 0: max(online CPUs, 4), at most 16 */
 	uint64_t chunk;		/* bytes per request, 0: 4 MiB */
 	int direct;		/* PA_STREAM_DIRECT_* */
 	int nopersist;		/* skip the persist (caller does it) */
+	int keep_mapped;	/* leave written pages in this process's page
+				 * tables (default: drop them once written, so
+				 * streaming does not grow the writer's RSS) */
 };
 
 /*

@@ -401,6 +401,33 @@ do_chunk(struct pa_stream *s, struct chunk *c, char **staging)
 	return 0;
 }
 
+/*
+ * release_pages -- drop a written chunk from this process's page tables
+ *
+ * The destination is a shared mapping of a file or device, so its bytes
+ * live in the page cache, tmpfs, the hugepages or the device -- not in the
+ * page tables -- and MADV_DONTNEED only unmaps them here (a page another
+ * thread is still writing is simply faulted in again).  Without this, every
+ * byte streamed would count in the writer's resident set, a model-sized
+ * "staging buffer" in the eyes of the OOM killer and of RSS limits.
+ */
+static void
+release_pages(struct pa_stream *s, char *dst, uint64_t len)
+{
+	uint64_t page = s->dst->src.kind == PA_KIND_HUGETLBFS ||
+				s->dst->src.kind == PA_KIND_DEVDAX ?
+				s->dst->src.align :
+				PA_PAGE;
+	uintptr_t a = PA_ALIGN_UP((uintptr_t)dst, page);
+	uintptr_t b = PA_ALIGN_DOWN((uintptr_t)dst + len, page);
+
+	if (s->cfg.keep_mapped || b <= a)
+		return;
+	/* PAGE granularity: the bytes must reach the file before the final
+	 * msync looks at this range; dirty state moves to the page itself */
+	madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 /* worker -- take chunks until none are left or the stream is cancelled */
 static void *
 worker(void *arg)
@@ -422,6 +449,10 @@ worker(void *arg)
 			set_error(s, rc);
 			break;
 		}
+		release_pages(s, (char *)s->dst->addr +
+					 s->ios[s->chunks[i].io].dst_off +
+					 s->chunks[i].off,
+			      s->chunks[i].len);
 		__atomic_add_fetch(&s->done, s->chunks[i].len,
 				   __ATOMIC_RELAXED);
 	}
