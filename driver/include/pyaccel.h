@@ -489,9 +489,11 @@ int pa_load_offset(const struct pa_load *l, size_t i, uint64_t *off);
  * (i == n_tensors: the blob) */
 int pa_load_set_crc(struct pa_load *l, size_t i, uint32_t crc);
 /*
- * pa_load_commit -- persist the data, share extents with identical ones
- * already stored, and make the model READY; the loader keeps a lease on it
- * when keep_lease is set.  Frees *l.
+ * pa_load_commit -- share extents with identical ones already stored and
+ * make the model READY; the loader keeps a lease on it when keep_lease is
+ * set.  The data must be persisted before: pa_stream does so for what it
+ * copies (unless nopersist); bytes written another way need pa_map_persist.
+ * Frees *l.
  */
 int pa_load_commit(struct pa_load **l, int keep_lease, uint64_t *model_id);
 /* pa_load_abort -- drop the model and its extents.  Frees *l. */

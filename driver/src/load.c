@@ -580,7 +580,8 @@ pa_load_commit(struct pa_load **lp, int keep_lease, uint64_t *model_id)
 			 (unsigned long long)l->id);
 		goto unlock;
 	}
-	/* 1. the data, durable before the record that makes it reachable */
+	/* 1. the data is durable before the record that makes it reachable:
+	 * the caller persisted it (pa_stream does, chunk by chunk); drain */
 	for (uint32_t i = 0; i <= l->n; i++) {
 		uint64_t id = i < l->n ? m->tensors[i].extent_id :
 					 m->meta_extent;
@@ -590,10 +591,10 @@ pa_load_commit(struct pa_load **lp, int keep_lease, uint64_t *model_id)
 			continue;
 		e->crc = l->crc[i];
 		first_new = PA_MIN(first_new, id);
-		rc = pool_persist(p, e->offset, e->length);
-		if (rc)
-			goto unlock_reload;
 	}
+	rc = pa_map_drain(p->map);
+	if (rc)
+		goto unlock_reload;
 	/* 2. store identical bytes once */
 	if (first_new != UINT64_MAX) {
 		rc = dedup_model(p, m, first_new);

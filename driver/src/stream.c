@@ -442,17 +442,21 @@ worker(void *arg)
 		if (i >= s->nchunks ||
 		    __atomic_load_n(&s->cancel, __ATOMIC_RELAXED))
 			break;
+		char *dst = (char *)s->dst->addr +
+			    s->ios[s->chunks[i].io].dst_off + s->chunks[i].off;
+
 		rc = pa_fault_hit(PA_FAULT_WRITE);
 		if (!rc)
 			rc = do_chunk(s, &s->chunks[i], &staging);
+		/* persisted chunk by chunk, while its lines are still mapped
+		 * (and cached); the drain is the caller's fence at the end */
+		if (!rc && !s->cfg.nopersist && s->dst->gran != PA_GRAN_BYTE)
+			rc = pa_map_flush(s->dst, dst, s->chunks[i].len);
 		if (rc) {
 			set_error(s, rc);
 			break;
 		}
-		release_pages(s, (char *)s->dst->addr +
-					 s->ios[s->chunks[i].io].dst_off +
-					 s->chunks[i].off,
-			      s->chunks[i].len);
+		release_pages(s, dst, s->chunks[i].len);
 		__atomic_add_fetch(&s->done, s->chunks[i].len,
 				   __ATOMIC_RELAXED);
 	}
@@ -529,14 +533,7 @@ pa_stream_run(struct pa_stream *s)
 					 pa_crc32c_combine(s->crcs[c->io],
 							   c->crc, c->len);
 	}
-	if (!s->cfg.nopersist && s->dst->gran != PA_GRAN_BYTE)
-		for (size_t i = 0; i < s->nios && !rc; i++)
-			rc = pa_map_flush(s->dst,
-					  (char *)s->dst->addr +
-						  s->ios[i].dst_off,
-					  s->ios[i].len);
-	if (!rc)
-		pa_fence();
+	pa_fence(); /* drain: every chunk's flush is durable from here */
 out:
 	close_files(s);
 	return rc;
