@@ -155,6 +155,8 @@ def parse_size(text: str | int, *, source: str = "<value>", key: str = "size") -
 def parse_partitions(text: str, *, source: str = "<value>", key: str = "partitions") -> dict[str, int]:
     """Parse ``"a:1G,b:2G"`` into ``{"a": 1073741824, "b": 2147483648}`` (order kept).
 
+    A size of ``0`` for the last partition means "what is left of the pool".
+
     Raises
     ------
     ConfigError
@@ -174,7 +176,13 @@ def parse_partitions(text: str, *, source: str = "<value>", key: str = "partitio
             raise ConfigError(source, key, f"partition name {name!r} may only hold letters, digits, '_', '.', '-'")
         if name in parts:
             raise ConfigError(source, key, f"partition {name!r} is given twice")
-        parts[name] = parse_size(size, source=source, key=key)
+        if size.strip() == "0":
+            parts[name] = 0  # "what is left": only the last partition may say so
+        else:
+            parts[name] = parse_size(size, source=source, key=key)
+    zero = [n for n, v in parts.items() if v == 0]
+    if zero and zero != [list(parts)[-1]]:
+        raise ConfigError(source, key, f"only the last partition may take what is left (size 0), not {zero[0]!r}")
     return parts
 
 

@@ -345,10 +345,6 @@ def test_smoke_test_command_is_the_script(env: dict[str, str], shm_dir: Path) ->
     assert "persistence" in r.stdout and "--force" in r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="pyaccel.pool/C core: opening a file whose size is not a multiple of the "
-                   "page size raises OSError EINVAL ('length 5000 is not a multiple of the tmpfs alignment') "
-                   "before the superblock is read, instead of PoolFormatError ('not a pyaccel pool' / "
-                   "'holds data ... --force')")
 def test_pool_create_on_a_small_data_file_says_it_holds_data(env: dict[str, str], shm_dir: Path) -> None:
     junk = shm_dir / "small.bin"
     junk.write_bytes(os.urandom(5000))

@@ -525,6 +525,22 @@ pa_pool_open(struct pa_pool **out, const struct pa_pool_cfg *cfg)
 	mc.mode = cfg->mode;
 	mc.sysfs_root = cfg->sysfs_root;
 	mc.flags = p->rdonly ? PA_MAP_READONLY : 0;
+	if (!(cfg->flags & PA_POOL_CREATE)) {
+		struct stat st;
+
+		/* a pool file is page-sized; map whole pages of anything else,
+		 * so that a stray file is "not a pool", not a length error */
+		if (stat(cfg->path, &st) == 0 && S_ISREG(st.st_mode) &&
+		    st.st_size % PA_PAGE) {
+			if ((uint64_t)st.st_size < PA_POOL_MIN_SIZE) {
+				rc = ERR(-ENODATA, "%s: %llu bytes: not a "
+						   "pyaccel pool", cfg->path,
+					 (unsigned long long)st.st_size);
+				goto err;
+			}
+			mc.length = PA_ALIGN_DOWN((uint64_t)st.st_size, PA_PAGE);
+		}
+	}
 	if (cfg->flags & PA_POOL_CREATE) {
 		struct stat st;
 
