@@ -134,3 +134,9 @@ def test_errors_name_the_file(tmp_path: Path, text: str, exc: type[Exception], m
         config.load(env={}, **files)
     assert str(files["user_path"]) in str(info.value)
     assert isinstance(info.value, PyaccelError) and isinstance(info.value, ValueError)
+
+
+def test_partitions_last_may_take_the_rest() -> None:
+    assert config.parse_partitions("a:1G,b:0") == {"a": 1 << 30, "b": 0}
+    with pytest.raises(config.ConfigError, match="only the last partition"):
+        config.parse_partitions("a:0,b:1G")
