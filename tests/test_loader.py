@@ -1055,6 +1055,62 @@ def test_ctrl_c_mid_load(shm_dir, models_dir, big_model, progress):
           f"{r['copied'] / MiB:.0f} of {r['to_copy'] / MiB:.0f} MiB copied")
 
 
+_CHILD_LOAD = textwrap.dedent(
+    """
+    import json, sys, time
+    import pyaccel
+    from pyaccel import pool as P
+
+    real = P._run_stream
+    def run_stream(*a, **kw):
+        print("streaming", flush=True)
+        if sys.argv[3] == "stall":  # the load is begun in the pool: stay here until killed
+            time.sleep(120)
+        return real(*a, **kw)
+    P._run_stream = run_stream
+
+    print("start", flush=True)
+    m = pyaccel.load_model(sys.argv[2], sys.argv[1], progress=False)
+    print(json.dumps({"streamed": m.info.streamed, "id": m.info.model_id}), flush=True)
+    """
+)
+
+
+def test_kill_9_mid_load_then_a_waiting_loader_takes_over(shm_dir, big_model):
+    """A is killed while streaming; B, which was waiting for it, streams the model itself; no half model, no leak."""
+    pool_file = str(shm_dir / "p.pool")
+    _new_pool(shm_dir, 320 * MiB).close()  # room for one copy only: a leaked half load would not fit
+    args = [sys.executable, "-c", _CHILD_LOAD, pool_file, big_model.path]
+    a = subprocess.Popen(args + ["stall"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+    b = None
+    try:
+        assert a.stdout.readline().strip() == "start"
+        assert a.stdout.readline().strip() == "streaming"
+        with pyaccel.open_pool(pool_file) as pool:
+            assert pool.status().n_loading == 1
+        b = subprocess.Popen(args + ["go"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+        assert b.stdout.readline().strip() == "start"
+        time.sleep(0.3)  # B is now waiting for A
+        assert b.poll() is None
+        a.kill()
+        a.communicate()
+        out, err = b.communicate(timeout=120)
+        assert b.returncode == 0, err
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.communicate()
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["streamed"] is True
+    with pyaccel.open_pool(pool_file) as pool:
+        assert [(m.id, m.state) for m in pool.models(all_versions=True)] == [(r["id"], "ready")]
+        st = pool.status()
+        assert st.n_loading == 0 and st.used < 256 * MiB + 1 * MiB
+        assert pool.fsck().problems == 0
+        assert pool.verify() == []
+
+
 _CHILD_WRITE_MODEL_CTRL_C = textwrap.dedent(
     """
     import json, sys, time
