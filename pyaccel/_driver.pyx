@@ -66,6 +66,21 @@ cdef bytes _fs(object path):
     return os.fsencode(path)
 
 
+cdef void _export(Py_buffer *buf, void *addr, size_t length, bint readonly, object owner):
+    """Fill a Py_buffer with a flat byte view of [addr, addr + length)."""
+    buf.buf = addr
+    buf.len = length
+    buf.readonly = readonly
+    buf.itemsize = 1
+    buf.format = "B"
+    buf.ndim = 1
+    buf.shape = NULL
+    buf.strides = NULL
+    buf.suboffsets = NULL
+    buf.internal = NULL
+    buf.obj = owner
+
+
 def version():
     """The C core's version string."""
     return pa_version().decode()
@@ -194,17 +209,7 @@ cdef class _Map:
         cdef bint ro = pa_map_is_readonly(m)
         if (flags & PyBUF_WRITABLE) and ro:
             raise BufferError("mapping is read-only")
-        buf.buf = pa_map_addr(m)
-        buf.len = pa_map_length(m)
-        buf.readonly = ro
-        buf.itemsize = 1
-        buf.format = "B"
-        buf.ndim = 1
-        buf.shape = NULL
-        buf.strides = NULL
-        buf.suboffsets = NULL
-        buf.internal = NULL
-        buf.obj = self
+        _export(buf, pa_map_addr(m), pa_map_length(m), ro, self)
         self.exports += 1
 
     def __releasebuffer__(self, Py_buffer *buf):
@@ -464,17 +469,7 @@ cdef class _Pool:
         cdef pa_map *m = pa_pool_map(self._get())
         if flags & PyBUF_WRITABLE:
             raise BufferError("pool memory is exported read-only")
-        buf.buf = pa_map_addr(m)
-        buf.len = pa_map_length(m)
-        buf.readonly = 1
-        buf.itemsize = 1
-        buf.format = "B"
-        buf.ndim = 1
-        buf.shape = NULL
-        buf.strides = NULL
-        buf.suboffsets = NULL
-        buf.internal = NULL
-        buf.obj = self
+        _export(buf, pa_map_addr(m), pa_map_length(m), True, self)
         self.exports += 1
 
     def __releasebuffer__(self, Py_buffer *buf):
@@ -692,17 +687,7 @@ cdef class _Lease:
         cdef pa_map *m = pa_pool_map(self.pool.p)
         if flags & PyBUF_WRITABLE:
             raise BufferError("pool memory is exported read-only")
-        buf.buf = pa_map_addr(m)
-        buf.len = pa_map_length(m)
-        buf.readonly = 1
-        buf.itemsize = 1
-        buf.format = "B"
-        buf.ndim = 1
-        buf.shape = NULL
-        buf.strides = NULL
-        buf.suboffsets = NULL
-        buf.internal = NULL
-        buf.obj = self
+        _export(buf, pa_map_addr(m), pa_map_length(m), True, self)
 
     def __releasebuffer__(self, Py_buffer *buf):
         pass
