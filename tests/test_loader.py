@@ -972,16 +972,22 @@ def test_missing_model_file(tmp_path, busy_pool):
 
 _CHILD_CTRL_C = textwrap.dedent(
     """
-    import json, sys, time
+    import json, os, signal, sys, threading, time
     import numpy as np, pyaccel, pyaccel.loader
     from pyaccel import pool as P
 
     real = P._run_stream
     streams = []
-    def run_stream(stream, *a, **kw):  # tell the parent the copy has begun
+    def run_stream(stream, *a, **kw):
         streams.append(stream)
-        print("streaming", flush=True)
+        if sys.argv[4] == "self":  # SIGINT once the copy has really begun (deterministic)
+            threading.Thread(target=interrupt_when_copying, args=(stream,), daemon=True).start()
+        print("streaming", flush=True)  # the parent may send SIGINT now
         return real(stream, *a, **kw)
+    def interrupt_when_copying(stream):
+        while stream.progress()[0] == 0:
+            time.sleep(0.0002)
+        os.kill(os.getpid(), signal.SIGINT)
     P._run_stream = run_stream
 
     pool = pyaccel.open_pool(sys.argv[1])
@@ -1014,18 +1020,21 @@ def big_model() -> Iterator[om.Generated]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.parametrize("progress", [False, True], ids=["no-bar", "bar"])
-def test_ctrl_c_mid_load(shm_dir, models_dir, big_model, progress):
+@pytest.mark.parametrize("progress, sender", [(False, "parent"), (True, "parent"), (False, "self")],
+                         ids=["no-bar", "bar", "no-bar-while-copying"])
+def test_ctrl_c_mid_load(shm_dir, models_dir, big_model, progress, sender):
+    """SIGINT from the parent as the copy begins, or (deterministic) from the child once bytes are being copied."""
     pool_file = str(shm_dir / "p.pool")
     with _new_pool(shm_dir, 320 * MiB) as pool:
         pyaccel.load_model(_gen(models_dir, "embedded").path, pool, progress=False).close()
         gc.collect()
         before = _snapshot(pool)
-    p = subprocess.Popen([sys.executable, "-c", _CHILD_CTRL_C, pool_file, big_model.path, "1" if progress else "0"],
+    p = subprocess.Popen([sys.executable, "-c", _CHILD_CTRL_C, pool_file, big_model.path, "1" if progress else "0", sender],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
     try:
         assert p.stdout.readline().strip() == "streaming"
-        p.send_signal(signal.SIGINT)
+        if sender == "parent":
+            p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
@@ -1051,7 +1060,7 @@ def test_ctrl_c_mid_load(shm_dir, models_dir, big_model, progress):
         assert pool.verify() == []
         del m
         gc.collect()
-    print(f"\nCtrl-C ({'bar' if progress else 'no bar'}): KeyboardInterrupt {r['after_s'] * 1e3:.0f} ms after the call, "
+    print(f"\nCtrl-C ({'bar' if progress else 'no bar'}, from {sender}): KeyboardInterrupt {r['after_s'] * 1e3:.0f} ms after the call, "
           f"{r['copied'] / MiB:.0f} of {r['to_copy'] / MiB:.0f} MiB copied")
 
 
@@ -1118,12 +1127,18 @@ _CHILD_WRITE_MODEL_CTRL_C = textwrap.dedent(
     from pyaccel import pool as P
     from pyaccel.pool import TensorWrite
 
+    import os, signal, threading
+
     real = P._run_stream
     streams = []
     def run_stream(stream, *a, **kw):
         streams.append(stream)
-        print("streaming", flush=True)
+        threading.Thread(target=interrupt_when_copying, args=(stream,), daemon=True).start()
         return real(stream, *a, **kw)
+    def interrupt_when_copying(stream):  # SIGINT once the copy has really begun
+        while stream.progress()[0] == 0:
+            time.sleep(0.0002)
+        os.kill(os.getpid(), signal.SIGINT)
     P._run_stream = run_stream
 
     pool = pyaccel.open_pool(sys.argv[1])
@@ -1148,8 +1163,6 @@ def test_pool_write_model_ctrl_c_without_progress(shm_dir, big_model):
     p = subprocess.Popen([sys.executable, "-c", _CHILD_WRITE_MODEL_CTRL_C, pool_file, big_model.files[1]],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
     try:
-        assert p.stdout.readline().strip() == "streaming"
-        p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
@@ -1313,7 +1326,8 @@ def test_odd_tensors(tmp_path, shm_pool):
              numpy_helper.from_array(np.array(0.5, np.float32), "S")]
     g = helper.make_graph(
         [helper.make_node("Identity", ["Z"], ["zo"]), helper.make_node("DequantizeLinear", ["Q", "S"], ["dq"]),
-         helper.make_node("Cast", ["F8"], ["f8o"], to=TensorProto.FLOAT), helper.make_node("Concat", ["X", "Z"], ["cat"], axis=0)],
+         helper.make_node("Cast", ["F8"], ["f8o"], to=TensorProto.FLOAT),
+         helper.make_node("Concat", ["X", "Z"], ["cat"], axis=0)],
         "odd", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 4])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("zo", "dq", "f8o", "cat")], inits)
     path = _save_graph(g, tmp_path / "odd" / "odd.onnx")
