@@ -519,9 +519,6 @@ def _run_stream(stream: Any, progress: Callable[[int, int], None] | None) -> Non
     stays free to report progress and to receive KeyboardInterrupt, on which
     it cancels the stream and waits for the workers to stop.
     """
-    if progress is None:
-        stream.run()
-        return
     failure: list[BaseException] = []
 
     def work() -> None:
@@ -535,12 +532,14 @@ def _run_stream(stream: Any, progress: Callable[[int, int], None] | None) -> Non
     try:
         while th.is_alive():
             th.join(0.1)
-            progress(*stream.progress())
+            if progress is not None:
+                progress(*stream.progress())
     except BaseException:
         stream.cancel()
         th.join()
         raise
-    progress(*stream.progress())
+    if progress is not None:
+        progress(*stream.progress())
     if failure:
         raise failure[0]
 

@@ -441,8 +441,9 @@ dedup_find(struct dedup *d, struct pa_pool *p, struct pa_cat_extent *e)
 	for (; d->ids[i]; i = (i + 1) & (d->cap - 1)) {
 		struct pa_cat_extent *o = cat_extent(&p->cat, d->ids[i]);
 
+		/* partitions share nothing: a tenant's bytes stay in its own */
 		if (o && o->id != e->id && o->crc == e->crc &&
-		    o->length == e->length &&
+		    o->length == e->length && o->part == e->part &&
 		    memcmp(p->base + o->offset, p->base + e->offset,
 			   e->length) == 0)
 			return o;
