@@ -32,7 +32,10 @@ from bench import Figure
 MiB = 1 << 20
 GiB = 1 << 30
 GB = 1e9
-POOL_DIR = "/dev/shm"
+#: where the pools go: tmpfs by default (the embedded default); set
+#: PYACCEL_BENCH_POOL_DIR to measure another backing (a hugetlbfs mount, a tmpfs
+#: mounted with huge=within_size, an fsdax mount...)
+POOL_DIR = os.environ.get("PYACCEL_BENCH_POOL_DIR", "/dev/shm")
 CHECKSUM_BYTES = 256 * MiB
 HELD = 4  # processes for the PSS figure
 _POOLS: set[str] = set()
@@ -274,6 +277,45 @@ def job_infer(probe, path: str, pool_path: str, prepack: bool, input_name: str,
                     and np.asarray(a).shape == np.asarray(c).shape
                     and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(c).tobytes()
                     for a, c in zip(y, yf))
+    if paired:
+        out.update(_read_bandwidth(m, path))
+    return out
+
+
+def _read_bandwidth(m, path: str) -> dict:
+    """Diagnostic: GB/s of summing every fp32 weight as the pool's arrays and, for
+    external data, as a numpy.memmap of the source file (page cache: what
+    onnxruntime reads from the file), alternately, median of 3 rounds."""
+    import numpy as np
+    import onnx
+
+    proto = onnx.load(path, load_external_data=False)
+    file_arrays = []
+    for t in proto.graph.initializer:
+        kv = {e.key: e.value for e in t.external_data}
+        if "location" not in kv or t.name not in m.weights:
+            continue
+        w = m.weights[t.name]
+        f = os.path.join(os.path.dirname(path), kv["location"])
+        file_arrays.append(np.memmap(f, dtype=w.dtype, mode="r", offset=int(kv.get("offset", 0)),
+                                     shape=w.shape))
+    pool_arrays = [m.weights[n] for n in m.weights if m.weights[n].dtype == np.float32]
+    file_arrays = [a for a in file_arrays if a.dtype == np.float32]
+    nbytes = sum(a.nbytes for a in pool_arrays)
+    if not nbytes:
+        return {}
+    res: dict = {"pool": [], "file": []}
+    for _ in range(3):
+        for lab, arrs in (("pool", pool_arrays), ("file", file_arrays)):
+            if not arrs:
+                continue
+            t0 = time.perf_counter()
+            for a in arrs:
+                a.sum()
+            res[lab].append(sum(a.nbytes for a in arrs) / (time.perf_counter() - t0) / GB)
+    out = {"read_gbps_pool": statistics.median(res["pool"])}
+    if res["file"]:
+        out["read_gbps_file"] = statistics.median(res["file"])
     return out
 
 
@@ -530,6 +572,10 @@ def _model_figures(name: str, rec, ctx, r) -> None:
                     if paired and base is not None and ex[f"b{b}_ms_median"] / base.value > 1.03:
                         note = (f"paired in one process (pool/file alternately): "
                                 f"{paired:.3f}x")
+                        if "read_gbps_file" in ex:
+                            note += (f"; reading the weights: {ex['read_gbps_pool']:.1f} GB/s "
+                                     f"from the pool vs {ex['read_gbps_file']:.1f} GB/s from "
+                                     f"the file's page cache")
                     figs.append(Figure(
                         f"infer_b{b}_{tag}", ex[f"b{b}_ms_median"], "ms", name,
                         f"ort_infer_b{b}_{tag}", 1.03, "lower", note=note,
@@ -541,7 +587,10 @@ def _model_figures(name: str, rec, ctx, r) -> None:
                                  "paired_file_ms_median": ex.get(f"b{b}_file_ms_median"),
                                  "paired_file_ms_min": ex.get(f"b{b}_file_ms_min"),
                                  "paired_ratio": paired,
-                                 "identical_to_paired_file_session": same_file}))
+                                 "identical_to_paired_file_session": same_file,
+                                 "read_gbps_pool": ex.get("read_gbps_pool"),
+                                 "read_gbps_file": ex.get("read_gbps_file"),
+                                 "pool_dir": POOL_DIR}))
                 return figs
             r.run(f"infer_{tag}", name, "ms", infer)
         if identical and all(v is None for v in identical.values()):

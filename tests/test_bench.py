@@ -312,7 +312,9 @@ def test_quick_run_has_pyaccel_figures(real_quick_run):
             assert key in figs, key
             f = figs[key]
             assert f["skipped"] is None, (key, f["skipped"])
-            assert isinstance(f["value"], (int, float)) and f["value"] >= 0, (key, f["value"])
+            assert isinstance(f["value"], (int, float)), (key, f["value"])
+            # a peak-RSS delta can come out a little below 0 (VmHWM is updated lazily)
+            assert f["value"] >= (-16 if f["unit"] == "MiB" else 0), (key, f["value"])
         for name, base in PYACCEL_JUDGED.items():
             f = figs[f"{model}/{name}"]
             assert f["baseline_key"] == f"{model}/{base}"
