@@ -1154,10 +1154,9 @@ _CHILD_WRITE_MODEL_CTRL_C = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(strict=True, reason="pool.py _run_stream: with progress=None, Pool.write_model runs the copy on "
-                   "the calling thread without the GIL, so Ctrl-C is only acted on after the whole model is copied")
 def test_pool_write_model_ctrl_c_without_progress(shm_dir, big_model):
-    """Pool.write_model(progress=None) itself (load_model now always passes a callback)."""
+    """Pool.write_model(progress=None) itself stops at once too (it used to copy on the calling thread
+    without the GIL, acting on Ctrl-C only after the whole model; fixed in 9a218d8)."""
     pool_file = str(shm_dir / "p.pool")
     _new_pool(shm_dir, 320 * MiB).close()
     p = subprocess.Popen([sys.executable, "-c", _CHILD_WRITE_MODEL_CTRL_C, pool_file, big_model.files[1]],
@@ -1375,10 +1374,9 @@ def test_name_and_partition(tmp_path, shm_dir):
         gc.collect()
 
 
-@pytest.mark.xfail(strict=True, reason="driver/src/load.c dedup_model: a tensor identical to one already stored in "
-                   "another partition is pointed at that extent, so a model loaded into partition b lives in "
-                   "partition a (partitions must each allocate only from their own space)")
 def test_partition_holds_its_own_models_bytes(tmp_path, shm_dir):
+    """The same file under two names in two partitions: each copy in its own partition (dedup used to
+    point the second at the first's extents across partitions; fixed in 9a218d8)."""
     gen = om.make_matmul_chain(str(tmp_path / "c.onnx"), 2, 512, external="c.w")
     with pyaccel.open_pool(str(shm_dir / "p.pool"), create=True, size=64 * MiB, partitions=[("a", 16 * MiB), ("b", 0)]) as pool:
         m1 = pyaccel.load_model(gen.path, pool, progress=False, partition="a")
