@@ -982,7 +982,11 @@ _CHILD_CTRL_C = textwrap.dedent(
         streams.append(stream)
         if sys.argv[4] == "self":  # SIGINT once the copy has really begun (deterministic)
             threading.Thread(target=interrupt_when_copying, args=(stream,), daemon=True).start()
-        print("streaming", flush=True)  # the parent may send SIGINT now
+        print("streaming", flush=True)
+        if sys.argv[4] == "parent":  # the load is begun in the pool: wait here for the parent's SIGINT
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                time.sleep(0.001)
         return real(stream, *a, **kw)
     def interrupt_when_copying(stream):
         while stream.progress()[0] == 0:
@@ -1020,10 +1024,11 @@ def big_model() -> Iterator[om.Generated]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.parametrize("progress, sender", [(False, "parent"), (True, "parent"), (False, "self")],
-                         ids=["no-bar", "bar", "no-bar-while-copying"])
+@pytest.mark.parametrize("progress, sender", [(False, "parent"), (True, "parent"), (False, "self"), (True, "self")],
+                         ids=["no-bar", "bar", "no-bar-while-copying", "bar-while-copying"])
 def test_ctrl_c_mid_load(shm_dir, models_dir, big_model, progress, sender):
-    """SIGINT from the parent as the copy begins, or (deterministic) from the child once bytes are being copied."""
+    """SIGINT from the parent once the load is begun in the pool (the child holds just before the copy), or
+    from the child itself once bytes are being copied: both points are reached every time."""
     pool_file = str(shm_dir / "p.pool")
     with _new_pool(shm_dir, 320 * MiB) as pool:
         pyaccel.load_model(_gen(models_dir, "embedded").path, pool, progress=False).close()
@@ -1045,6 +1050,8 @@ def test_ctrl_c_mid_load(shm_dir, models_dir, big_model, progress, sender):
     assert r["interrupted"], "the load finished before SIGINT arrived"
     # Ctrl-C cut the copy short: it did not wait for the whole model (with or without a bar)
     assert r["copied"] < r["to_copy"] and r["to_copy"] >= 256 * MiB, r
+    if sender == "self":
+        assert r["copied"] > 0  # interrupted while copying
     # in the interrupted process itself: nothing half-loaded, nothing leaked
     assert r["problems"] == 0 and r["n_loading"] == 0 and r["loading"] == []
     assert r["used"] == before["used"] and r["n_models"] == before["n_models"]
