@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import struct
@@ -75,6 +76,7 @@ class ModelInfo:
     direct_bytes: int = 0
 
 
+@functools.lru_cache(maxsize=None)
 def _dtype(onnx_type: int) -> np.dtype:
     from onnx import helper
 
@@ -82,13 +84,25 @@ def _dtype(onnx_type: int) -> np.dtype:
 
 
 class _Weights(Mapping):
-    """name -> read-only numpy array over the pool, made on first access."""
+    """name -> read-only numpy array over the pool, made on first access.
 
-    def __init__(self, pool: Pool, lease: Any, table: Sequence[tuple]) -> None:
+    The tensor table itself is fetched from the catalog on first use, so that
+    attaching to a model of 10,000 tensors does not pay for 10,000 records.
+    """
+
+    def __init__(self, pool: Pool, lease: Any, fetch: Callable[[], Sequence[tuple]], count: int) -> None:
         self._pool = pool
         self._lease = lease
-        self._index = {t[0]: t for t in table}
+        self._fetch = fetch
+        self._count = count
+        self._table: dict[str, tuple] | None = None
         self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def _index(self) -> dict[str, tuple]:
+        if self._table is None:
+            self._table = {t[0]: t for t in self._fetch()}
+        return self._table
 
     def __getitem__(self, name: str) -> np.ndarray:
         a = self._cache.get(name)
@@ -102,7 +116,7 @@ class _Weights(Mapping):
         return iter(self._index)
 
     def __len__(self) -> int:
-        return len(self._index)
+        return self._count
 
     def __repr__(self) -> str:
         return f"<pyaccel weights: {len(self)} tensors>"
@@ -117,14 +131,15 @@ class Model:
     references; the lease goes when the last array or session goes too.
     """
 
-    def __init__(self, pool: Pool, lease: Any, model_id: int, meta: dict, graph_bytes: bytes,
-                 ranges: bytes, table: Sequence[tuple], info: ModelInfo) -> None:
+    def __init__(self, pool: Pool, lease: Any, model_id: int, meta: dict, graph: memoryview,
+                 ranges: memoryview, info: ModelInfo) -> None:
         self._pool = pool
         self._lease = lease
         self._meta = meta
-        self._graph_bytes = graph_bytes
+        self._graph_view: memoryview | None = graph  # views of the pool, copied on first use
+        self._graph_bytes_: bytes | None = None
         self._ranges = ranges
-        self._weights: _Weights | None = _Weights(pool, lease, table)
+        self._weights: _Weights | None = _Weights(pool, lease, lambda: pool._drv.tensors(model_id), info.n_tensors)
         self._graph: Any = None
         self._session: Any = None
         self.info = info
@@ -149,13 +164,17 @@ class Model:
         if self._graph is None:
             import onnx
 
-            self._graph = onnx.load_from_string(self._graph_bytes)
+            self._graph = onnx.load_from_string(self.graph_bytes)
         return self._graph
 
     @property
     def graph_bytes(self) -> bytes:
         """The serialized weight-less ModelProto."""
-        return self._graph_bytes
+        if self._graph_bytes_ is None:
+            self._check_open()
+            assert self._graph_view is not None
+            self._graph_bytes_ = bytes(self._graph_view)
+        return self._graph_bytes_
 
     # -- inference ------------------------------------------------------------
 
@@ -191,7 +210,7 @@ class Model:
         # where a weight's pool memory is no regular file (device-DAX), the
         # source file's own bytes serve onnxruntime's optimizers instead
         backing = self._unchanged_ranges()
-        return make_session(self._graph_bytes, self.weights, sess_options, providers, prepack, backing)
+        return make_session(self.graph_bytes, self.weights, sess_options, providers, prepack, backing)
 
     def _unchanged_ranges(self) -> dict[str, tuple[str, int]]:
         """Each weight's range in its source, for the sources still as they were when streamed.
@@ -200,7 +219,7 @@ class Model:
         file changed since (a held, superseded version) must not be offered:
         its weights are then embedded in the graph (a copy) instead.
         """
-        ranges = json.loads(self._ranges or b"{}")
+        ranges = json.loads(bytes(self._ranges) or b"{}")
         if not ranges:
             return {}
         try:
@@ -223,6 +242,8 @@ class Model:
         self._weights = None
         self._session = None
         self._graph = None
+        self._graph_view = None  # views of the pool hold the lease too
+        self._ranges = memoryview(b"")
         self._lease = None
 
     @property
@@ -256,14 +277,15 @@ def _pack_meta(meta: dict, graph_bytes: bytes, ranges: dict) -> bytes:
     return _META_MAGIC + struct.pack("<QQQ", len(js), len(graph_bytes), len(rs)) + js + graph_bytes + rs
 
 
-def _unpack_meta(pool: Pool, blob: memoryview, name: str) -> tuple[dict, bytes, bytes]:
+def _unpack_meta(pool: Pool, blob: memoryview, name: str) -> tuple[dict, memoryview, memoryview]:
+    """The JSON header, and views (not copies) of the graph and the ranges."""
     if len(blob) < 32 or bytes(blob[:8]) != _META_MAGIC:
         raise PoolCorruptError(pool.path, f"model {name!r}: its graph record is not pyaccel's")
     nj, ng, nr = struct.unpack("<QQQ", blob[8:32])
     if 32 + nj + ng + nr != len(blob):
         raise PoolCorruptError(pool.path, f"model {name!r}: its graph record is truncated")
     meta = json.loads(bytes(blob[32:32 + nj]))
-    return meta, bytes(blob[32 + nj:32 + nj + ng]), bytes(blob[32 + nj + ng:])
+    return meta, blob[32 + nj:32 + nj + ng], blob[32 + nj + ng:]
 
 
 def _changed_sources(sources: Sequence[tuple[str, int, int, int, int]]) -> list[str]:
@@ -377,13 +399,11 @@ def _model_from_pool(pool: Pool, lease: Any, model_id: int, name: str, source: s
     drv = pool._drv
     rec = drv.model_get(model_id)
     blob = memoryview(lease)[rec["meta_offset"]:rec["meta_offset"] + rec["meta_length"]]
-    meta, graph_bytes, ranges = _unpack_meta(pool, blob, name)
-    del blob
-    table = drv.tensors(model_id)
+    meta, graph, ranges = _unpack_meta(pool, blob, name)
     info = ModelInfo(name=name, source=source, nbytes=rec["bytes"], n_tensors=rec["n_tensors"],
                      streamed=streamed, seconds=time.perf_counter() - t0, pool=pool.path,
                      model_id=model_id, direct_bytes=direct_bytes)
-    return Model(pool, lease, model_id, meta, graph_bytes, ranges, table, info)
+    return Model(pool, lease, model_id, meta, graph, ranges, info)
 
 
 def _progress_bar(enabled: bool | None, total: int, name: str) -> tuple[Callable[[int, int], None] | None, Any]:
