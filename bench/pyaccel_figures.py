@@ -212,17 +212,11 @@ def job_session(probe, path: str, pool_path: str, prepack: bool, first_run: bool
 
 def job_infer(probe, path: str, pool_path: str, prepack: bool, input_name: str,
               input_shape: list, batches=(1, 8), runs: int = 20, warmup: int = 3,
-              paired: bool = True):
+              diag: bool = False):
     """Latency of ``session.run()`` through the pool session, measured like
-    ``bench.baselines.job_ort_infer`` (same input, warm-up and run count).
-
-    ``paired``: a session from the file with the same options lives in the same
-    process, and the two are run alternately (the order swapped each time), so
-    that a paired ratio free of the VM's drift between the baseline's process
-    and this one goes to the details too; outputs are compared bit for bit."""
-    import numpy as np
-    import onnxruntime as ort
-
+    ``bench.baselines.job_ort_infer``: the only session in the process, same
+    input, warm-up and run count.  ``diag``: after the step, the read bandwidth
+    of the weights from the pool and from the file (see :func:`_read_bandwidth`)."""
     _imports()
     import pyaccel
 
@@ -230,44 +224,22 @@ def job_infer(probe, path: str, pool_path: str, prepack: bool, input_name: str,
     if m.info.streamed:
         raise RuntimeError("load_model streamed: the model was not in the pool")
     s = m.session(_session_options(prepack), providers=["CPUExecutionProvider"], prepack=prepack)
-    f = None
-    if paired:
-        f = ort.InferenceSession(path, _session_options(prepack), providers=["CPUExecutionProvider"])
     feeds = {b: _feed(input_name, input_shape, b) for b in batches}
-    out: dict = {"prepack": prepack, "runs": runs, "paired": paired}
+    out: dict = {"prepack": prepack, "runs": runs}
     with probe.step():
         for b in batches:
             for _ in range(warmup):
                 y = s.run(None, feeds[b])
-                if f is not None:
-                    yf = f.run(None, feeds[b])
-            lat, flat = [], []
-            for k in range(runs):
-                order = [(s, lat), (f, flat)] if k % 2 == 0 else [(f, flat), (s, lat)]
-                for sess, acc in order:
-                    if sess is None:
-                        continue
-                    t0 = time.perf_counter()
-                    r = sess.run(None, feeds[b])
-                    acc.append(time.perf_counter() - t0)
-                    if sess is s:
-                        y = r
-                    else:
-                        yf = r
+            lat = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                y = s.run(None, feeds[b])
+                lat.append(time.perf_counter() - t0)
             out[f"b{b}_ms_median"] = statistics.median(lat) * 1e3
             out[f"b{b}_ms_min"] = min(lat) * 1e3
             out[f"b{b}_ms_all"] = [x * 1e3 for x in lat]
             out[f"b{b}_output_sha256"] = _sha(y)
-            if f is not None:
-                out[f"b{b}_file_ms_median"] = statistics.median(flat) * 1e3
-                out[f"b{b}_file_ms_min"] = min(flat) * 1e3
-                out[f"b{b}_file_output_sha256"] = _sha(yf)
-                out[f"b{b}_identical_to_file"] = len(y) == len(yf) and all(
-                    np.asarray(a).dtype == np.asarray(c).dtype
-                    and np.asarray(a).shape == np.asarray(c).shape
-                    and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(c).tobytes()
-                    for a, c in zip(y, yf))
-    if paired:
+    if diag:
         out.update(_read_bandwidth(m, path))
     return out
 
@@ -398,6 +370,12 @@ def _ratio_note(value: float, base, target: float, better: str) -> bool:
     return r > target if better == "lower" else r < target
 
 
+def _attach_reps(ctx) -> int:
+    """Attach takes well under a millisecond, so a fresh process's scheduling
+    noise is of its size: outside --quick, at least 11 fresh processes."""
+    return ctx.repeat if ctx.quick else max(ctx.repeat, 11)
+
+
 def _peak_figure(name: str, st, rec) -> "Figure":
     """Peak RSS while streaming, from the hot-load runs: VmHWM during load_model
     above the RSS just before it (the pool's own pages are not the loader's
@@ -492,7 +470,7 @@ def _model_figures(name: str, rec, ctx, r) -> None:
         # the pool now holds the model (left by the last streaming run)
         # -- attach ----------------------------------------------------------
         def attach():
-            st = repeat_isolated("bench.pyaccel_figures:job_attach", base_kw, n)
+            st = repeat_isolated("bench.pyaccel_figures:job_attach", base_kw, _attach_reps(ctx))
             f = figure_from_stats(
                 "attach", name, st, baseline_name="onnx_load_hot", target_ratio=0.02,
                 details={"info_seconds_median": st.extra_median("info_seconds"),
@@ -553,42 +531,57 @@ def _model_figures(name: str, rec, ctx, r) -> None:
             tag = "prepack" if prepack else "noprepack"
 
             def infer(prepack=prepack, tag=tag):
-                st = repeat_isolated(
-                    "bench.pyaccel_figures:job_infer",
-                    {**base_kw, "prepack": prepack, "input_name": rec.input_name,
-                     "input_shape": rec.input_shape, "runs": ctx.latency_runs,
-                     "paired": not ctx.quick}, 1)
-                ex = st.samples[0].extra
+                kw = {"path": rec.path, "prepack": prepack, "input_name": rec.input_name,
+                      "input_shape": rec.input_shape, "runs": ctx.latency_runs}
+                # the figure's process, then (outside --quick) file and pool processes
+                # interleaved (pool, file, file, pool: linear drift cancels) for a
+                # paired ratio measured at the same time as the pool figure
+                order = ["pool"] if ctx.quick else ["pool", "file", "file", "pool"]
+                runs: dict = {"pool": [], "file": []}
+                for k, which in enumerate(order):
+                    if which == "pool":
+                        mm = repeat_isolated("bench.pyaccel_figures:job_infer",
+                                             {**kw, "pool_path": pool, "diag": k == 0}, 1)
+                    else:
+                        mm = repeat_isolated("bench.baselines:job_ort_infer", kw, 1)
+                    runs[which].append(mm.samples[0].extra)
+                ex = runs["pool"][0]
                 figs = []
                 for b in (1, 8):
                     base = ctx.baseline(f"ort_infer_b{b}_{tag}", name)
                     ref = base.details.get("output_sha256") if base else None
-                    same_base = None if ref is None else ex[f"b{b}_output_sha256"] == ref
-                    same_file = ex.get(f"b{b}_identical_to_file")
-                    identical[f"b{b}_{tag}"] = (same_file if same_base is None
-                                                else bool(same_base and same_file is not False))
-                    paired = (ex[f"b{b}_ms_median"] / ex[f"b{b}_file_ms_median"]
-                              if ex["paired"] else None)
+                    shas = {e[f"b{b}_output_sha256"] for e in runs["pool"]}
+                    fshas = {e[f"b{b}_output_sha256"] for e in runs["file"]}
+                    same_base = None if ref is None else shas == {ref}
+                    same_file = None if not fshas else shas == fshas
+                    checks = [v for v in (same_base, same_file) if v is not None]
+                    identical[f"b{b}_{tag}"] = all(checks) if checks else None
+                    paired = None
+                    pm = [e[f"b{b}_ms_median"] for e in runs["pool"]]
+                    fm = [e[f"b{b}_ms_median"] for e in runs["file"]]
+                    value = statistics.median(pm)  # of the pool processes' medians
+                    if fm:
+                        paired = value / statistics.median(fm)
                     note = ""
-                    if paired and base is not None and ex[f"b{b}_ms_median"] / base.value > 1.03:
-                        note = (f"paired in one process (pool/file alternately): "
+                    if paired and base is not None and value / base.value > 1.03:
+                        note = (f"pool and file sessions in interleaved fresh processes: "
                                 f"{paired:.3f}x")
                         if "read_gbps_file" in ex:
                             note += (f"; reading the weights: {ex['read_gbps_pool']:.1f} GB/s "
                                      f"from the pool vs {ex['read_gbps_file']:.1f} GB/s from "
                                      f"the file's page cache")
                     figs.append(Figure(
-                        f"infer_b{b}_{tag}", ex[f"b{b}_ms_median"], "ms", name,
+                        f"infer_b{b}_{tag}", value, "ms", name,
                         f"ort_infer_b{b}_{tag}", 1.03, "lower", note=note,
                         details={"min_ms": ex[f"b{b}_ms_min"], "all_ms": ex[f"b{b}_ms_all"],
                                  "runs": ex["runs"], "batch": b, "input_seed": 0,
                                  "output_sha256": ex[f"b{b}_output_sha256"],
                                  "baseline_output_sha256": ref,
                                  "identical_to_baseline": same_base,
-                                 "paired_file_ms_median": ex.get(f"b{b}_file_ms_median"),
-                                 "paired_file_ms_min": ex.get(f"b{b}_file_ms_min"),
+                                 "identical_to_interleaved_file_runs": same_file,
+                                 "interleaved_order": order,
+                                 "interleaved_pool_ms": pm, "interleaved_file_ms": fm,
                                  "paired_ratio": paired,
-                                 "identical_to_paired_file_session": same_file,
                                  "read_gbps_pool": ex.get("read_gbps_pool"),
                                  "read_gbps_file": ex.get("read_gbps_file"),
                                  "pool_dir": POOL_DIR}))
@@ -596,7 +589,7 @@ def _model_figures(name: str, rec, ctx, r) -> None:
             r.run(f"infer_{tag}", name, "ms", infer)
         if identical and all(v is None for v in identical.values()):
             r.skip("outputs_identical", name, "x", "no reference: neither the baselines' "
-                   "output_sha256 nor a paired file session (--quick)")
+                   "output_sha256 nor interleaved file runs (--quick)")
         elif identical:
             bad = sorted(k for k, v in identical.items() if v is False)
             r.add(Figure("outputs_identical", 0.0 if bad else 1.0, "x", name,
@@ -604,9 +597,9 @@ def _model_figures(name: str, rec, ctx, r) -> None:
                          note=("outputs differ from onnxruntime on the file: " + ", ".join(bad))
                          if bad else "",
                          details={"cases": identical,
-                                  "how": "sha256 of the outputs vs the baseline's "
-                                         "output_sha256, and byte comparison with a file "
-                                         "session in the same process"}))
+                                  "how": "sha256 of the outputs (same input, same options) "
+                                         "vs the baseline's output_sha256 and, outside "
+                                         "--quick, vs the interleaved file runs"}))
 
         # -- 4 processes sharing the big model --------------------------------
         if name == "big_external":
@@ -749,7 +742,7 @@ def _big4_figures(models, ctx, r) -> None:
 
         def attach():
             st = repeat_isolated("bench.pyaccel_figures:job_attach",
-                                 {"path": rec.path, "pool_path": pool}, ctx.repeat)
+                                 {"path": rec.path, "pool_path": pool}, _attach_reps(ctx))
             return [figure_from_stats(
                 "attach", name, st, baseline_name="big_external/attach", target_ratio=1.2,
                 details={"info_seconds_median": st.extra_median("info_seconds"),
