@@ -35,7 +35,7 @@ from .pool import Pool, TensorWrite, open_pool
 
 __all__ = ["load_model", "Model", "ModelInfo"]
 
-_META_MAGIC = b"PAMETA1\0"
+_META_MAGIC = b"PAMETA2\0"
 
 
 @dataclass(frozen=True)
@@ -368,7 +368,13 @@ def _attach(pool: Pool, name: str, source: str, t0: float) -> Model | None:
         except FileNotFoundError:
             pool.refresh()  # evicted meanwhile: look again
             continue
-        return _fresh(_model_from_pool(pool, lease, rec["id"], name, source, t0))
+        try:
+            model = _model_from_pool(pool, lease, rec["id"], name, source, t0)
+        except PoolCorruptError:
+            # a graph record this version cannot read (an older pyaccel's):
+            # stream the model again; the new version supersedes that one
+            return None
+        return _fresh(model)
     return None
 
 

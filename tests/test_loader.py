@@ -1412,3 +1412,25 @@ def test_read_only_pool_attaches_and_refuses_to_load(models_dir, shm_pool):
         del m, info
         gc.collect()
     _assert_pool_intact(shm_pool, before)
+
+
+def test_unreadable_graph_record_is_streamed_again(shm_dir, models_dir):
+    """A pooled model whose graph record this version cannot read (an older
+    pyaccel's format) is not an error: the model is streamed again."""
+    g = _gen(models_dir, "embedded")
+    with _new_pool(shm_dir) as pool:
+        first = pyaccel.load_model(g.path, pool, progress=False)
+        meta_off = pool._drv.model_get(first.info.model_id)["meta_offset"]
+        first.close()
+        del first
+        gc.collect()
+        with open(pool.path, "r+b") as f:  # an older magic in the record
+            f.seek(meta_off + 6)
+            f.write(b"1")
+        again = pyaccel.load_model(g.path, pool, progress=False)
+        assert again.info.streamed
+        so = ort.SessionOptions()
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        want = ort.InferenceSession(g.path, so).run(None, g.feeds)
+        got = again.session().run(None, g.feeds)
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(got, want))
