@@ -103,6 +103,7 @@ cdef extern from "pyaccel.h" nogil:
         uint64_t dst_off
 
     int PA_STREAM_DIRECT_AUTO, PA_STREAM_DIRECT_NEVER, PA_STREAM_DIRECT_ALWAYS
+    int PA_STREAM_VIA_AUTO, PA_STREAM_VIA_MAP, PA_STREAM_VIA_WRITE
 
     struct pa_stream_cfg:
         unsigned threads
@@ -110,6 +111,7 @@ cdef extern from "pyaccel.h" nogil:
         int direct
         int nopersist
         int keep_mapped
+        int via
 
     int pa_stream_new(pa_stream **out, pa_map *dst, const pa_stream_cfg *cfg)
     ssize_t pa_stream_add(pa_stream *s, const pa_io *io)

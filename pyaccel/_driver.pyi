@@ -22,6 +22,9 @@ POOL_RECOVER: int
 STREAM_DIRECT_AUTO: int
 STREAM_DIRECT_NEVER: int
 STREAM_DIRECT_ALWAYS: int
+STREAM_VIA_AUTO: int
+STREAM_VIA_MAP: int
+STREAM_VIA_WRITE: int
 MODEL_LOADING: int
 MODEL_READY: int
 
@@ -72,7 +75,7 @@ class _Map:
 
 class _Stream:
     def __init__(self, dest: _Map | _Pool, threads: int = 0, chunk: int = 0, direct: int = 0,
-                 nopersist: bool = False, keep_mapped: bool = False) -> None: ...
+                 nopersist: bool = False, keep_mapped: bool = False, via: int = 0) -> None: ...
     def add_file(self, fd: int, src_off: int, length: int, dst_off: int) -> int: ...
     def add_buffer(self, data: Any, dst_off: int) -> int: ...
     def run(self) -> None: ...

@@ -41,6 +41,9 @@ POOL_RECOVER = PA_POOL_RECOVER
 STREAM_DIRECT_AUTO = PA_STREAM_DIRECT_AUTO
 STREAM_DIRECT_NEVER = PA_STREAM_DIRECT_NEVER
 STREAM_DIRECT_ALWAYS = PA_STREAM_DIRECT_ALWAYS
+STREAM_VIA_AUTO = PA_STREAM_VIA_AUTO
+STREAM_VIA_MAP = PA_STREAM_VIA_MAP
+STREAM_VIA_WRITE = PA_STREAM_VIA_WRITE
 MODEL_LOADING = PA_MODEL_LOADING
 MODEL_READY = PA_MODEL_READY
 DAMAGE_NAMES = {
@@ -301,7 +304,7 @@ cdef class _Stream:
 
     def __cinit__(self, dest, unsigned threads=0, uint64_t chunk=0,
                   int direct=PA_STREAM_DIRECT_AUTO, bint nopersist=False,
-                  bint keep_mapped=False):
+                  bint keep_mapped=False, int via=PA_STREAM_VIA_AUTO):
         cdef pa_stream_cfg cfg
         cdef pa_map *m
         if isinstance(dest, _Pool):
@@ -314,6 +317,7 @@ cdef class _Stream:
         cfg.direct = direct
         cfg.nopersist = nopersist
         cfg.keep_mapped = keep_mapped
+        cfg.via = via
         check(pa_stream_new(&self.s, m, &cfg))
         self.dest = dest
         self.keep = []

@@ -234,16 +234,17 @@ def test_crc32c_matches_reference() -> None:
     assert _driver.crc32c_combine(_driver.crc32c(data[:77]), _driver.crc32c(data[77:]), len(data) - 77) == whole
 
 
+@pytest.mark.parametrize("via", [_driver.STREAM_VIA_MAP, _driver.STREAM_VIA_WRITE], ids=["map", "pwrite"])
 @pytest.mark.parametrize("direct", [_driver.STREAM_DIRECT_NEVER, _driver.STREAM_DIRECT_ALWAYS,
                                     _driver.STREAM_DIRECT_AUTO])
-def test_stream_file_into_mapping(tmp_path: Path, shm_dir: Path, direct: int) -> None:
-    """Aligned and misaligned ranges, from a disk file, buffered and O_DIRECT."""
+def test_stream_file_into_mapping(tmp_path: Path, shm_dir: Path, direct: int, via: int) -> None:
+    """Aligned and misaligned ranges, from a disk file, buffered and O_DIRECT, through the mapping or pwrite."""
     src = tmp_path / "src.bin"
     data = np.random.default_rng(5).integers(0, 256, 9 * MiB + 123, dtype=np.uint8).tobytes()
     src.write_bytes(data)
     ranges = [(0, 4 * MiB), (4096, 3 * MiB + 5), (12345, 2 * MiB), (9 * MiB, 123), (7, 0)]
     with _driver._Map(str(shm_dir / "dst"), length=32 * MiB, flags=_driver.MAP_CREATE) as m:
-        s = _driver._Stream(m, threads=3, chunk=MiB, direct=direct)
+        s = _driver._Stream(m, threads=3, chunk=MiB, direct=direct, via=via)
         fd = os.open(src, os.O_RDONLY)
         try:
             dst = 0
@@ -290,6 +291,17 @@ def test_stream_truncated_source_is_an_error(tmp_path: Path, shm_dir: Path) -> N
             s.run()
         os.close(fd)
         assert ei.value.errno == errno.EIO
+
+
+def test_stream_pwrite_refused_on_hugetlbfs() -> None:
+    with hugetlbfs_mount(2) as d:
+        with _driver._Map(str(d / "h"), length=2 * MiB, flags=_driver.MAP_CREATE) as m:
+            with pytest.raises(OSError, match="hugetlbfs has no write"):
+                _driver._Stream(m, via=_driver.STREAM_VIA_WRITE)
+            s = _driver._Stream(m)  # auto: through the mapping
+            s.add_buffer(b"y" * 5000, 0)
+            s.run()
+            assert bytes(memoryview(m)[:5000]) == b"y" * 5000
 
 
 def test_stream_refuses_out_of_range_destination(shm_dir: Path) -> None:

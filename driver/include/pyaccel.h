@@ -245,7 +245,12 @@ struct pa_stream_cfg {
 	int keep_mapped;	/* leave written pages in this process's page
 				 * tables (default: drop them once written, so
 				 * streaming does not grow the writer's RSS) */
+	int via;		/* PA_STREAM_VIA_*: how bytes reach dst */
 };
+
+#define PA_STREAM_VIA_AUTO 0  /* pwrite where dst is a file/block device */
+#define PA_STREAM_VIA_MAP 1   /* always through the mapping */
+#define PA_STREAM_VIA_WRITE 2 /* pwrite to dst's fd (tmpfs, block, file) */
 
 /*
  * pa_stream_new -- a batch of copies into the mapping dst
