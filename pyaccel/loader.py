@@ -468,13 +468,14 @@ def _stream(pool: Pool, path: str, name: str, partition: str | int, progress: bo
         ranges = {t.name: [t.range.path, t.range.offset] for t in refs if t.range is not None}
         blob = _pack_meta(meta, scan.graph_bytes, ranges)
         sources = [tuple(s) for s in scan.sources]
+        stats: dict[str, int] = {}
         update, bar = _progress_bar(progress, sum(t.nbytes for t in refs), path)
         try:
             # Always a callback, even without a bar: Pool.write_model then copies in a worker
             # thread and this thread stays free to take Ctrl-C (without one it copies on this
             # thread without the GIL, and KeyboardInterrupt waits for the whole model).
             mid, lease = pool.write_model(name, writes, sources=sources, meta=blob, partition=partition,
-                                          progress=update or _no_progress)
+                                          progress=update or _no_progress, stats=stats)
         except OSError as e:
             changed = [] if isinstance(e, PyaccelError) else _changed_sources(sources)
             if not changed:
@@ -488,7 +489,8 @@ def _stream(pool: Pool, path: str, name: str, partition: str | int, progress: bo
     finally:
         for fd in fds.values():
             os.close(fd)
-    return _model_from_pool(pool, lease, mid, name, scan.path, t0, streamed=True)
+    return _model_from_pool(pool, lease, mid, name, scan.path, t0, streamed=True,
+                            direct_bytes=stats.get("direct_bytes", 0))
 
 
 @contextlib.contextmanager

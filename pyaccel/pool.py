@@ -436,6 +436,7 @@ class Pool:
         threads: int = 0,
         direct: str = "auto",
         evict: bool = True,
+        stats: dict[str, int] | None = None,
     ) -> tuple[int, Any]:
         """Stream a model's tensors into the pool and commit it.
 
@@ -444,6 +445,9 @@ class Pool:
         then streamed by the C core's worker threads, checksummed on the way;
         the model becomes visible to every process only when all of it is
         durable.  An exception or Ctrl-C at any point leaves no trace of it.
+
+        ``stats``, when given, receives ``direct_bytes``: how much was read
+        with O_DIRECT.
 
         Returns
         -------
@@ -476,6 +480,8 @@ class Pool:
                     index[i] = stream.add_file(t.fd, t.offset, t.nbytes, off)
             index[len(tensors)] = stream.add_buffer(meta, load.offset(len(tensors)))
             _run_stream(stream, progress)
+            if stats is not None:
+                stats["direct_bytes"] = stream.direct_bytes
             for i, k in index.items():
                 load.set_crc(i, stream.crc(k))
             # converted tensors: made and copied one at a time (bounded memory)
