@@ -248,7 +248,7 @@ struct pa_stream_cfg {
 	int via;		/* PA_STREAM_VIA_*: how bytes reach dst */
 };
 
-#define PA_STREAM_VIA_AUTO 0  /* pwrite where dst is a file/block device */
+#define PA_STREAM_VIA_AUTO 0  /* pwrite for disk files and block devices */
 #define PA_STREAM_VIA_MAP 1   /* always through the mapping */
 #define PA_STREAM_VIA_WRITE 2 /* pwrite to dst's fd (tmpfs, block, file) */
 

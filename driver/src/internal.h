@@ -62,6 +62,7 @@ struct pa_map {
 	struct pa_source_info src;
 	char fallback[160];
 	char path[4096];
+	uint64_t fresh_off, fresh_len;	/* range this map_new reserved */
 };
 
 int pa_map_devdax(struct pa_map *m, const struct pa_map_cfg *cfg);

@@ -23,9 +23,13 @@ pa_map_file(struct pa_map *m, const struct pa_map_cfg *cfg)
 	int rc;
 
 	if ((cfg->flags & PA_MAP_CREATE) && m->src.size < end) {
+		uint64_t old = m->src.size;
+
 		rc = pa_file_reserve(m->fd, cfg->path, end, false);
 		if (rc)
 			return rc;
+		m->fresh_off = PA_MAX(old, m->offset) - m->offset;
+		m->fresh_len = end - m->offset - m->fresh_off;
 		m->src.size = end;
 		/* a new file may now show as DAX (statx needs the inode) */
 		if (m->src.kind == PA_KIND_FILE) {

@@ -337,8 +337,10 @@ layout(struct pa_pool *p, const struct pa_pool_cfg *cfg, uint64_t len,
 		     sb->kind == PA_KIND_DEVDAX) ?
 			    PA_MAX(pa_map_align(p->map), PA_DATA_ALIGN) :
 			    PA_PAGE;
+	/* room for about one tensor per 8 KiB of pool (a record, its name and
+	 * extent take ~150 bytes), within [256 KiB, 64 MiB] per copy */
 	cat = cfg->catalog_size ? cfg->catalog_size :
-				  PA_MIN(PA_MAX(len / 256, 256 * PA_KIB),
+				  PA_MIN(PA_MAX(len / 64, 256 * PA_KIB),
 					 64 * PA_MIB);
 	cat = PA_ALIGN_UP(cat, PA_PAGE);
 	sb->cat_off = PA_ALIGN_UP(PA_HINTS_OFF + PA_HINTS_SIZE, PA_PAGE);
