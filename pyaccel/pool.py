@@ -464,7 +464,10 @@ class Pool:
         try:
             mode = {"auto": _driver.STREAM_DIRECT_AUTO, "never": _driver.STREAM_DIRECT_NEVER,
                     "always": _driver.STREAM_DIRECT_ALWAYS}[direct]
-            stream = _driver._Stream(self._drv, threads=threads, direct=mode)
+            # tuning knobs, for operators and tests: worker threads, bytes per request
+            threads = threads or int(os.environ.get("PYACCEL_STREAM_THREADS", "0") or 0)
+            chunk = int(os.environ.get("PYACCEL_STREAM_CHUNK", "0") or 0)
+            stream = _driver._Stream(self._drv, threads=threads, chunk=chunk, direct=mode)
             index: dict[int, int] = {}
             produced: list[int] = []
             for i, t in enumerate(tensors):

@@ -1034,8 +1034,10 @@ def test_ctrl_c_mid_load(shm_dir, models_dir, big_model, progress, sender):
         pyaccel.load_model(_gen(models_dir, "embedded").path, pool, progress=False).close()
         gc.collect()
         before = _snapshot(pool)
+    # one thread, small requests: a copy slow enough to be cut short on any machine
+    env = dict(python_env(), PYACCEL_STREAM_THREADS="1", PYACCEL_STREAM_CHUNK=str(64 << 10))
     p = subprocess.Popen([sys.executable, "-c", _CHILD_CTRL_C, pool_file, big_model.path, "1" if progress else "0", sender],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert p.stdout.readline().strip() == "streaming"
         if sender == "parent":
@@ -1166,8 +1168,9 @@ def test_pool_write_model_ctrl_c_without_progress(shm_dir, big_model):
     without the GIL, acting on Ctrl-C only after the whole model; fixed in 9a218d8)."""
     pool_file = str(shm_dir / "p.pool")
     _new_pool(shm_dir, 320 * MiB).close()
+    env = dict(python_env(), PYACCEL_STREAM_THREADS="1", PYACCEL_STREAM_CHUNK=str(64 << 10))
     p = subprocess.Popen([sys.executable, "-c", _CHILD_WRITE_MODEL_CTRL_C, pool_file, big_model.files[1]],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         out, err = p.communicate(timeout=60)
     finally:

@@ -63,6 +63,7 @@ struct pa_map {
 	char fallback[160];
 	char path[4096];
 	uint64_t fresh_off, fresh_len;	/* range this map_new reserved */
+	uint64_t huge_bytes;	/* of it, made huge pages at creation */
 };
 
 int pa_map_devdax(struct pa_map *m, const struct pa_map_cfg *cfg);

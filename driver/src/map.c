@@ -23,6 +23,15 @@
 #define MADV_POPULATE_READ 22
 #define MADV_POPULATE_WRITE 23
 #endif
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+#define PA_DATA_ALIGN_MAP (2 * PA_MIB) /* PMD size on x86-64 and arm64/4K */
+#define PA_HUGE_MIN (128 * PA_MIB)	/* smaller new tmpfs files keep 4 KiB */
 
 /* open_source -- open (and with CREATE make) the path for the mapping */
 static int
@@ -84,17 +93,52 @@ pa_file_reserve(int fd, const char *path, uint64_t size, bool hugetlb)
 	return 0;
 }
 
+/*
+ * aligned_hint -- an address 2 MiB-aligned like the file offset, with room
+ *
+ * The kernel can map a huge page (of tmpfs, or a large folio of a file)
+ * with one page-table entry only where the address and the file offset
+ * agree modulo 2 MiB.  A PROT_NONE reservation finds such a place; it is
+ * given back before the real mapping takes it with MAP_FIXED_NOREPLACE.
+ */
+static void *
+aligned_hint(uint64_t len, uint64_t offset)
+{
+	const uint64_t big = PA_DATA_ALIGN_MAP;
+	char *r, *a;
+
+	if (len < big)
+		return NULL;
+	r = mmap(NULL, len + 2 * big, PROT_NONE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (r == MAP_FAILED)
+		return NULL;
+	a = (char *)PA_ALIGN_UP((uintptr_t)r, big) + offset % big;
+	munmap(r, len + 2 * big);
+	return a;
+}
+
 /* pa_map_mmap -- mmap m->fd at [offset, offset + length) */
 int
 pa_map_mmap(struct pa_map *m, int extra_flags)
 {
 	int prot = PROT_READ;
-	void *addr;
+	void *hint = aligned_hint(m->length, m->offset);
+	void *addr = MAP_FAILED;
 
 	if (!(m->flags & PA_MAP_READONLY))
 		prot |= PROT_WRITE;
-	addr = mmap(NULL, m->length, prot, MAP_SHARED | extra_flags, m->fd,
-		    (off_t)m->offset);
+	if (hint) {
+		addr = mmap(hint, m->length, prot,
+			    MAP_SHARED | MAP_FIXED_NOREPLACE | extra_flags,
+			    m->fd, (off_t)m->offset);
+		/* another thread took the place meanwhile: any address */
+		if (addr == MAP_FAILED && errno != EEXIST)
+			return -errno;
+	}
+	if (addr == MAP_FAILED)
+		addr = mmap(NULL, m->length, prot, MAP_SHARED | extra_flags,
+			    m->fd, (off_t)m->offset);
 	if (addr == MAP_FAILED)
 		return -errno; /* callers word the message */
 	m->addr = addr;
@@ -151,15 +195,39 @@ static int
 prefault_fresh(struct pa_map *m)
 {
 	const uint64_t step = 64 * PA_MIB;
+	char *p = (char *)m->addr + m->fresh_off;
+	uintptr_t a = PA_ALIGN_UP((uintptr_t)p, PA_DATA_ALIGN_MAP);
+	uintptr_t b = PA_ALIGN_DOWN((uintptr_t)p + m->fresh_len,
+				    PA_DATA_ALIGN_MAP);
+	bool huge = false;
 
+	/*
+	 * Make the pages huge (MADV_COLLAPSE, Linux 6.1; it works on tmpfs
+	 * even where shmem_enabled is "never"): every process mapping the
+	 * pool then maps 2 MiB with one entry, which doubled read bandwidth
+	 * here (7.6 -> 15.6 GB/s) -- what inference over large weights is
+	 * bound by -- and streams into the pool ran at 6.9 GB/s instead of
+	 * 5.2.  Collapsing the reserved pages also clears them, in one call
+	 * for the whole range (0.6 to 4 s per GiB here, as compaction
+	 * allows), so only for pools of PA_HUGE_MIN bytes or more.  Best
+	 * effort: old kernels and fragmented memory keep 4 KiB pages, cleared
+	 * the usual way.
+	 */
+	if (b > a && b - a >= PA_HUGE_MIN &&
+	    madvise((void *)a, b - a, MADV_COLLAPSE) == 0) {
+		m->huge_bytes = b - a;
+		huge = true;
+	}
 	for (uint64_t o = 0; o < m->fresh_len; o += step) {
 		uint64_t n = PA_MIN(step, m->fresh_len - o);
-		char *p = (char *)m->addr + m->fresh_off + o;
-		int rc = pa_map_populate(m, m->fresh_off + o, n, 1);
+		char *q = p + o;
+		int rc = 0;
 
+		if (!huge || (uintptr_t)q < a || (uintptr_t)q + n > b)
+			rc = pa_map_populate(m, m->fresh_off + o, n, 1);
 		if (rc)
 			return rc;
-		madvise(p, n, MADV_DONTNEED);
+		madvise(q, n, MADV_DONTNEED);
 	}
 	return 0;
 }

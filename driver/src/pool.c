@@ -332,16 +332,18 @@ layout(struct pa_pool *p, const struct pa_pool_cfg *cfg, uint64_t len,
 	sb->granularity = pa_map_granularity(p->map);
 	sb->size = len;
 	sb->created_ns = pool_now_ns();
-	/* large extents 2 MiB-aligned where pages are that big */
+	/* large extents 2 MiB-aligned where pages are that big: hugetlbfs,
+	 * device-DAX, and tmpfs (whose pages are made huge at creation) */
 	sb->align = (sb->kind == PA_KIND_HUGETLBFS ||
-		     sb->kind == PA_KIND_DEVDAX) ?
+		     sb->kind == PA_KIND_DEVDAX || sb->kind == PA_KIND_TMPFS) ?
 			    PA_MAX(pa_map_align(p->map), PA_DATA_ALIGN) :
 			    PA_PAGE;
 	/* room for about one tensor per 8 KiB of pool (a record, its name and
-	 * extent take ~150 bytes), within [256 KiB, 64 MiB] per copy */
+	 * extent take ~150 bytes), within [256 KiB, 16 MiB] per copy (16 MiB
+	 * hold some 100,000 tensors; pools of more tensors say so) */
 	cat = cfg->catalog_size ? cfg->catalog_size :
 				  PA_MIN(PA_MAX(len / 64, 256 * PA_KIB),
-					 64 * PA_MIB);
+					 16 * PA_MIB);
 	cat = PA_ALIGN_UP(cat, PA_PAGE);
 	sb->cat_off = PA_ALIGN_UP(PA_HINTS_OFF + PA_HINTS_SIZE, PA_PAGE);
 	sb->cat_size = cat;
