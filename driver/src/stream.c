@@ -360,6 +360,44 @@ want_direct(struct pa_stream *s, struct src_file *f, uint64_t off,
 			       !resident(f, off, len));
 }
 
+/* staging_get -- this thread's staging buffer, allocated on first use */
+static int
+staging_get(struct pa_stream *s, char **staging)
+{
+	if (!*staging) {
+		*staging = aligned_alloc(DIO_ALIGN, s->cfg.chunk + 2 * DIO_ALIGN);
+		if (!*staging)
+			return ERR(-ENOMEM, "out of memory for staging");
+	}
+	return 0;
+}
+
+/*
+ * read_direct_window -- O_DIRECT read of the aligned window around
+ * [off, off + len) into staging; *src points at off within it
+ */
+static int
+read_direct_window(struct pa_stream *s, struct src_file *f, uint64_t off,
+		   uint64_t len, char **staging, const char **src)
+{
+	uint64_t a0 = PA_ALIGN_DOWN(off, DIO_ALIGN);
+	uint64_t a1 = PA_ALIGN_UP(off + len, DIO_ALIGN);
+	uint64_t got = 0;
+	int rc = staging_get(s, staging);
+
+	if (!rc)
+		rc = pread_full(f->dfd, *staging, a1 - a0, a0, &got);
+	if (rc)
+		return rc;
+	if (got < off + len - a0)
+		return ERR(-EIO, "source file ends at %llu, inside a tensor "
+				 "(truncated while loading?)",
+			   (unsigned long long)(a0 + got));
+	__atomic_add_fetch(&s->direct_bytes, len, __ATOMIC_RELAXED);
+	*src = *staging + (off - a0);
+	return 0;
+}
+
 /*
  * do_chunk_write -- copy one chunk with pwrite() to the pool's file
  *
@@ -380,31 +418,18 @@ do_chunk_write(struct pa_stream *s, struct chunk *c, char **staging)
 	struct src_file *f = NULL;
 	int rc;
 
-	if (!*staging) {
-		*staging = aligned_alloc(DIO_ALIGN, s->cfg.chunk + 2 * DIO_ALIGN);
-		if (!*staging)
-			return ERR(-ENOMEM, "out of memory for staging");
-	}
+	rc = staging_get(s, staging);
+	if (rc)
+		return rc;
 	if (io->fd < 0) {
 		src = (const char *)io->src + c->off;
 	} else {
 		f = file_of(s, io->fd);
 		if (want_direct(s, f, off, c->len)) {
-			uint64_t a0 = PA_ALIGN_DOWN(off, DIO_ALIGN);
-			uint64_t a1 = PA_ALIGN_UP(off + c->len, DIO_ALIGN);
-			uint64_t got = 0;
-
-			rc = pread_full(f->dfd, *staging, a1 - a0, a0, &got);
+			rc = read_direct_window(s, f, off, c->len, staging,
+						&src);
 			if (rc)
 				return rc;
-			if (got < off + c->len - a0)
-				return ERR(-EIO, "source file ends at %llu, "
-						 "inside a tensor (truncated "
-						 "while loading?)",
-					   (unsigned long long)(a0 + got));
-			__atomic_add_fetch(&s->direct_bytes, c->len,
-					   __ATOMIC_RELAXED);
-			src = *staging + (off - a0);
 		} else {
 			buffered = true;
 			src = *staging;
@@ -486,29 +511,13 @@ do_chunk(struct pa_stream *s, struct chunk *c, char **staging)
 			return 0;
 		} else {
 			/* through the staging buffer */
-			uint64_t a0 = PA_ALIGN_DOWN(off, DIO_ALIGN);
-			uint64_t a1 = PA_ALIGN_UP(off + c->len, DIO_ALIGN);
-			uint64_t got = 0;
+			const char *src;
 
-			if (!*staging) {
-				*staging = aligned_alloc(
-					DIO_ALIGN, s->cfg.chunk + 2 * DIO_ALIGN);
-				if (!*staging)
-					return ERR(-ENOMEM, "out of memory "
-							    "for staging");
-			}
-			rc = pread_full(f->dfd, *staging, a1 - a0, a0, &got);
+			rc = read_direct_window(s, f, off, c->len, staging,
+						&src);
 			if (rc)
 				return rc;
-			if (got < off + c->len - a0)
-				return ERR(-EIO, "source file ends at %llu, "
-						 "inside a tensor (truncated "
-						 "while loading?)",
-					   (unsigned long long)(a0 + got));
-			__atomic_add_fetch(&s->direct_bytes, c->len,
-					   __ATOMIC_RELAXED);
-			c->crc = copy_crc(s, dst, *staging + (off - a0),
-					  c->len);
+			c->crc = copy_crc(s, dst, src, c->len);
 			return 0;
 		}
 	}
