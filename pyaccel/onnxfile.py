@@ -551,6 +551,16 @@ class _Wire:
             pos = a + n
             yield num, wt, a, pos, tag_start
 
+    def int64s(self, wt: int, a: int, b: int, out: list[int]) -> None:
+        """Append a repeated int64 field's values: one varint, or a packed run in ``[a, b)``."""
+        if wt == _VARINT:
+            out.append(_signed64(a))
+            return
+        pos = a
+        while pos < b:
+            v, pos = self.varint(pos, b)
+            out.append(_signed64(v))
+
     def text(self, a: int, b: int) -> str:
         """Decode a UTF-8 string field."""
         try:
@@ -1312,13 +1322,7 @@ class _Scan:
         for num, wt, a, b, ts in w.fields(start, end):
             if num == 1:
                 _expect(w, wt, (_VARINT, _LEN), ts, "TensorProto.dims")
-                if wt == _VARINT:
-                    dims.append(_signed64(a))
-                else:
-                    pos = a
-                    while pos < b:
-                        v, pos = w.varint(pos, b)
-                        dims.append(_signed64(v))
+                w.int64s(wt, a, b, dims)
             elif num == 2:
                 _expect(w, wt, _VARINT, ts, "TensorProto.data_type")
                 dtype = _signed64(a)
@@ -1450,13 +1454,7 @@ class _Scan:
                 indices = self.tensor(a, b, ctx, what + ".indices")
             elif num == 3:
                 _expect(w, wt, (_VARINT, _LEN), ts, "SparseTensorProto.dims")
-                if wt == _VARINT:
-                    dims.append(_signed64(a))
-                else:
-                    pos = a
-                    while pos < b:
-                        v, pos = w.varint(pos, b)
-                        dims.append(_signed64(v))
+                w.int64s(wt, a, b, dims)
         name = values.name if values is not None else ""
         where = f"{ctx}/{what} {name}"
         if values is None or indices is None:
