@@ -218,21 +218,32 @@ def job_ort_infer(probe, path: str, prepack: bool, input_name: str, input_shape:
         shape = [b if isinstance(d, str) else int(d) for d in input_shape]
         feeds[b] = {input_name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
     with probe.step():
-        for b in batches:
-            for _ in range(warmup):
-                y = s.run(None, feeds[b])
-            lat = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                y = s.run(None, feeds[b])
-                lat.append(time.perf_counter() - t0)
-            out[f"b{b}_ms_median"] = statistics.median(lat) * 1e3
-            out[f"b{b}_ms_min"] = min(lat) * 1e3
-            out[f"b{b}_ms_all"] = [x * 1e3 for x in lat]
-            # reference for pyaccel's bit-identity: same input seed (0), same options
-            out[f"b{b}_output_sha256"] = hashlib.sha256(
-                b"".join(np.ascontiguousarray(a).tobytes() for a in y)).hexdigest()
+        time_runs(s, feeds, warmup, runs, out)
     return out
+
+
+def time_runs(session, feeds: dict, warmup: int, runs: int, out: dict) -> None:
+    """Latency of ``session.run`` per batch into ``out``: median, min, all (ms), output sha256.
+
+    The sha256 of the outputs (same input seed 0, same options) is the
+    reference for pyaccel's bit-identity figure; pyaccel's latency jobs use
+    this same loop.
+    """
+    import numpy as np
+
+    for b, feed in feeds.items():
+        for _ in range(warmup):
+            y = session.run(None, feed)
+        lat = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            y = session.run(None, feed)
+            lat.append(time.perf_counter() - t0)
+        out[f"b{b}_ms_median"] = statistics.median(lat) * 1e3
+        out[f"b{b}_ms_min"] = min(lat) * 1e3
+        out[f"b{b}_ms_all"] = [x * 1e3 for x in lat]
+        out[f"b{b}_output_sha256"] = hashlib.sha256(
+            b"".join(np.ascontiguousarray(a).tobytes() for a in y)).hexdigest()
 
 
 # ---------------------------------------------------------------------------

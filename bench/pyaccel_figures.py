@@ -88,12 +88,6 @@ def _feed(input_name: str, input_shape: list, batch: int):
     return {input_name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
 
 
-def _sha(outputs) -> str:
-    import numpy as np
-
-    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in outputs)).hexdigest()
-
-
 def _session_options(prepack: bool):
     """The baselines' options (bench.baselines._session_options)."""
     from bench.baselines import _session_options as so
@@ -226,19 +220,10 @@ def job_infer(probe, path: str, pool_path: str, prepack: bool, input_name: str,
     s = m.session(_session_options(prepack), providers=["CPUExecutionProvider"], prepack=prepack)
     feeds = {b: _feed(input_name, input_shape, b) for b in batches}
     out: dict = {"prepack": prepack, "runs": runs}
+    from bench.baselines import time_runs
+
     with probe.step():
-        for b in batches:
-            for _ in range(warmup):
-                y = s.run(None, feeds[b])
-            lat = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                y = s.run(None, feeds[b])
-                lat.append(time.perf_counter() - t0)
-            out[f"b{b}_ms_median"] = statistics.median(lat) * 1e3
-            out[f"b{b}_ms_min"] = min(lat) * 1e3
-            out[f"b{b}_ms_all"] = [x * 1e3 for x in lat]
-            out[f"b{b}_output_sha256"] = _sha(y)
+        time_runs(s, feeds, warmup, runs, out)
     if diag:
         out.update(_read_bandwidth(m, path))
     return out
